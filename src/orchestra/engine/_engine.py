@@ -1,0 +1,177 @@
+"""The engine: wires sandbox, executor and HTTP client, validates and runs processes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import TracebackType
+
+import httpx
+
+from orchestra._json import JSON
+from orchestra.engine._steps import Action, Function, StepRunner, truthy
+from orchestra.engine._trace import ProcessorTrace, Request, Result
+from orchestra.errors import DefinitionError, Problem, ScriptError
+from orchestra.executors import Executor, LocalExecutor
+from orchestra.http import TokenCache
+from orchestra.model import ActionCall, FunctionCall, Process, ProcessStep, ResumeStep
+from orchestra.sandbox import Sandbox
+from orchestra.validation import fragments, structural_problems
+
+__all__ = ["Engine"]
+
+_VALIDATED_CACHE = 256
+
+
+class Engine:
+    """Runs processes.
+
+    Every part is optional and pluggable: ``sandbox`` runs JavaScript fragments (default:
+    isolated worker processes), ``executor`` owns the clock (default: real time),
+    ``client`` is the ``httpx.AsyncClient`` HTTP actions use (the engine makes and closes
+    its own if none is given), ``functions`` and ``actions`` name the Python functions and
+    host action kinds processes may call, and ``secrets`` holds the credentials that auth
+    settings name. Use it as an async context manager, or call :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        *,
+        sandbox: Sandbox | None = None,
+        executor: Executor | None = None,
+        client: httpx.AsyncClient | None = None,
+        functions: Mapping[str, Function] | None = None,
+        actions: Mapping[str, Action] | None = None,
+        secrets: Mapping[str, str] | None = None,
+    ) -> None:
+        self._sandbox = sandbox
+        self._own_sandbox = sandbox is None
+        self.executor: Executor = executor or LocalExecutor()
+        self._client = client
+        self._own_client = client is None
+        self.functions: dict[str, Function] = dict(functions or {})
+        self.actions: dict[str, Action] = dict(actions or {})
+        self.secrets: dict[str, str] = dict(secrets or {})
+        self._tokens = TokenCache()
+        self._validated: dict[int, Process] = {}
+
+    @property
+    def sandbox(self) -> Sandbox:
+        """The sandbox fragments run in (the isolated worker pool unless one was given)."""
+        if self._sandbox is None:
+            from orchestra.sandbox import WorkerSandbox  # type: ignore[attr-defined,unused-ignore]
+
+            self._sandbox = WorkerSandbox()
+        return self._sandbox
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The HTTP client HTTP actions use."""
+        if self._client is None:
+            from orchestra.http import default_client
+
+            self._client = default_client()
+        return self._client
+
+    async def validate(self, process: Process) -> None:
+        """Check ``process`` fully before it runs; raise :class:`~orchestra.DefinitionError`.
+
+        Beyond the structural checks made when loading, every JavaScript fragment is
+        compiled, and every function and action kind it calls must be registered.
+        """
+        if self._validated.get(id(process)) is process:
+            return
+        problems = structural_problems(process)
+        for path, name, source in fragments(process):
+            try:
+                await self.sandbox.check(source, name=name)
+            except ScriptError as exc:
+                problems.append(Problem(path, exc.js_message + _where(exc)))
+        problems.extend(self._unknown_calls(process))
+        if problems:
+            raise DefinitionError(problems)
+        if len(self._validated) >= _VALIDATED_CACHE:
+            self._validated.clear()
+        self._validated[id(process)] = process
+
+    def _unknown_calls(self, process: Process) -> list[Problem]:
+        problems = []
+        for si, step in enumerate(process.steps):
+            if not isinstance(step, ProcessStep):
+                continue
+            for pi, proc in enumerate(step.processors):
+                path = f"$.steps[{si}].processors[{pi}].call"
+                call = proc.call
+                if isinstance(call, FunctionCall) and call.name not in self.functions:
+                    problems.append(Problem(f"{path}.name", f"no function {call.name!r} is registered with the engine"))
+                if isinstance(call, ActionCall) and call.kind not in self.actions:
+                    problems.append(Problem(f"{path}.kind", f"no action kind {call.kind!r} is registered with the engine"))
+        return problems
+
+    def runner(self, process: Process, context: dict[str, JSON], *, run_id: str = "local") -> StepRunner:
+        """Return a :class:`StepRunner` for one run of ``process`` over ``context``."""
+        return StepRunner(
+            process=process.name, context=context, sandbox=self.sandbox, executor=self.executor,
+            client=self.client, secrets=self.secrets, tokens=self._tokens,
+            functions=self.functions, actions=self.actions, run_id=run_id,
+        )  # fmt: skip
+
+    async def invoke(self, process: Process, request: Request | JSON = None) -> Result:
+        """Run a payload process on ``request`` and return its payload and trace.
+
+        ``request`` is a :class:`Request` or any JSON value (the trigger payload). Raises
+        :class:`~orchestra.DefinitionError` before anything runs if the process is invalid,
+        and the :class:`~orchestra.StepError` of the processor that failed the run.
+        """
+        await self.validate(process)
+        if any(isinstance(s, ResumeStep) for s in process.steps):
+            problem = Problem("$.steps", "a process with resume steps cannot be invoked; start a run")
+            raise DefinitionError([problem])
+        trigger = request.to_dict() if isinstance(request, Request) else request
+        context: dict[str, JSON] = {"trigger": trigger, "steps": {}, "events": {}}
+        runner = self.runner(process, context)
+        trace: list[ProcessorTrace] = []
+        last: str | None = None
+        for step in process.steps:
+            assert isinstance(step, ProcessStep)
+            if step.when is not None and not truthy(
+                await runner.js(step.when, runner.bindings(step.name), name=f"{step.name}.when", step=step.name)
+            ):
+                continue
+            trace.extend(await runner.run(step))
+            last = step.name
+        payload = await self.payload(process, runner, last)
+        return Result(payload=payload, trace=tuple(trace), context=context)
+
+    async def payload(self, process: Process, runner: StepRunner, last: str | None) -> JSON:
+        """Build a run's payload: the process's ``output`` fragment, or the last step's outputs."""
+        steps = runner.context["steps"]
+        assert isinstance(steps, dict)
+        if process.output is None:
+            return steps.get(last) if last else None
+        bindings = runner.bindings(last or "")
+        return await runner.js(process.output, bindings, name="output", step="output")
+
+    async def aclose(self) -> None:
+        """Close what the engine made itself: its HTTP client and its sandbox."""
+        if self._own_client and self._client is not None:
+            await self._client.aclose()
+            self._client = None
+        if self._own_sandbox and self._sandbox is not None:
+            await self._sandbox.aclose()
+            self._sandbox = None
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+def _where(exc: ScriptError) -> str:
+    if exc.line is None:
+        return ""
+    return f" (line {exc.line}" + (f", column {exc.column})" if exc.column else ")")
+
+

@@ -1,0 +1,164 @@
+"""The in-memory executor for test suites: deterministic, on a virtual clock."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TypeVar
+
+import anyio
+
+from orchestra.executors._base import Executor
+
+__all__ = ["InMemoryExecutor", "VirtualClock"]
+
+T = TypeVar("T")
+
+
+class _Sleeper:
+    __slots__ = ("deadline", "event", "seq")
+
+    def __init__(self, deadline: float, seq: int) -> None:
+        self.deadline = deadline
+        self.seq = seq
+        self.event = anyio.Event()
+
+    def __lt__(self, other: _Sleeper) -> bool:
+        return (self.deadline, self.seq) < (other.deadline, other.seq)
+
+
+class VirtualClock:
+    """A clock whose time moves only when every task is waiting on it.
+
+    When all tasks on the event loop are blocked and some wait in :meth:`sleep`, the
+    clock jumps to the earliest deadline and wakes that sleeper. Time can also be moved
+    by hand with :meth:`advance`. Work that waits on real I/O or threads counts as
+    blocked, so use it only with in-memory parts (mock HTTP, in-process sandbox).
+    Needs the asyncio backend.
+    """
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self._now = start
+        self._heap: list[_Sleeper] = []
+        self._seq = itertools.count()
+        self._driving = False
+
+    def now(self) -> float:
+        """Return the virtual time in seconds."""
+        return self._now
+
+    async def advance(self, seconds: float) -> None:
+        """Move the clock forward by ``seconds``, waking every sleeper due by then in order."""
+        target = self._now + seconds
+        while self._heap and self._heap[0].deadline <= target:
+            s = heapq.heappop(self._heap)
+            self._now = max(self._now, s.deadline)
+            s.event.set()
+            await _settle()
+        self._now = target
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait until the virtual clock has moved ``seconds`` forward."""
+        if seconds <= 0:
+            await anyio.lowlevel.checkpoint()
+            return
+        me = _Sleeper(self._now + seconds, next(self._seq))
+        heapq.heappush(self._heap, me)
+        try:
+            while not me.event.is_set():
+                if self._driving:
+                    await me.event.wait()
+                    # Woken either because our time came or to take over driving.
+                    if self._now >= me.deadline:
+                        return
+                    me.event = anyio.Event()
+                    continue
+                await self._drive(me)
+        finally:
+            if me in self._heap:
+                self._heap.remove(me)
+                heapq.heapify(self._heap)
+
+    async def _drive(self, me: _Sleeper) -> None:
+        self._driving = True
+        try:
+            while not me.event.is_set():
+                await _settle()
+                if not self._heap:  # pragma: no cover - we are in the heap ourselves
+                    return
+                s = heapq.heappop(self._heap)
+                self._now = max(self._now, s.deadline)
+                s.event.set()
+        finally:
+            self._driving = False
+            if self._heap:  # hand the driving over to the next sleeper
+                self._heap[0].event.set()
+
+
+async def _settle() -> None:
+    """Yield until no other callback is ready to run (every other task is blocked)."""
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(0)
+    while getattr(loop, "_ready", None):
+        await asyncio.sleep(0)
+
+
+class InMemoryExecutor(Executor):
+    """Runs work deterministically on a :class:`VirtualClock`, for test suites.
+
+    Timeouts, backoff and resume deadlines cost no wall time; blocking functions run
+    inline (so their order is deterministic); jitter comes from a seeded generator.
+    """
+
+    def __init__(self, *, clock: VirtualClock | None = None, seed: int = 0) -> None:
+        self.clock = clock or VirtualClock()
+        self._random = random.Random(seed)  # noqa: S311 - jitter, not cryptography
+
+    def now(self) -> float:
+        """Return the virtual time."""
+        return self.clock.now()
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep on the virtual clock."""
+        await self.clock.sleep(seconds)
+
+    def fail_after(self, seconds: float | None) -> AbstractAsyncContextManager[None]:
+        """Return a scope that times out on the virtual clock."""
+        return self._fail_after(seconds)
+
+    @asynccontextmanager
+    async def _fail_after(self, seconds: float | None) -> AsyncIterator[None]:
+        if seconds is None:
+            yield
+            return
+        timed_out = False
+        async with anyio.create_task_group() as tg:
+            scope = anyio.CancelScope()
+
+            async def watch() -> None:
+                nonlocal timed_out
+                await self.clock.sleep(seconds)
+                timed_out = True
+                scope.cancel()
+
+            tg.start_soon(watch)
+            try:
+                with scope:
+                    yield
+            finally:
+                tg.cancel_scope.cancel()
+        if timed_out:
+            raise TimeoutError
+
+    async def run_sync(self, func: Callable[[], T]) -> T:
+        """Run ``func`` inline."""
+        await anyio.lowlevel.checkpoint()
+        return func()
+
+    def random(self) -> float:
+        """Return the next number of the seeded generator."""
+        return self._random.random()
