@@ -22,5 +22,7 @@ def load(path: str | os.PathLike[str]) -> Process:
         with open(name, "rb") as f:
             text = f.read()
     except OSError as exc:
-        raise DefinitionError([Problem("$", f"cannot read file: {exc.strerror}")], source=name) from None
+        raise DefinitionError(
+            [Problem("$", f"cannot read file: {exc.strerror}")], source=name
+        ) from None
     return process_from_json(text, source=name)

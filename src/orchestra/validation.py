@@ -133,9 +133,14 @@ def _step(sp: str, step: ProcessStep) -> Iterator[Problem]:
     for pi, proc in enumerate(step.processors):
         for ni, need in enumerate(proc.needs):
             if need not in names:
-                yield Problem(f"{sp}.processors[{pi}].needs[{ni}]", f"no processor named {need!r} in this step")
+                yield Problem(
+                    f"{sp}.processors[{pi}].needs[{ni}]",
+                    f"no processor named {need!r} in this step",
+                )
             elif need == proc.name:
-                yield Problem(f"{sp}.processors[{pi}].needs[{ni}]", "a processor cannot need itself")
+                yield Problem(
+                    f"{sp}.processors[{pi}].needs[{ni}]", "a processor cannot need itself"
+                )
     cycle = _find_cycle(step.processors)
     if cycle:
         pi = names[cycle[0]]
@@ -160,7 +165,9 @@ def _processor(pp: str, proc: Processor) -> Iterator[Problem]:
 
 def _http(cp: str, call: HttpCall) -> Iterator[Problem]:
     if call.method.upper() not in HTTP_METHODS or call.method != call.method.upper():
-        yield Problem(f"{cp}.method", f"unknown HTTP method {call.method!r} (use upper case, e.g. 'GET')")
+        yield Problem(
+            f"{cp}.method", f"unknown HTTP method {call.method!r} (use upper case, e.g. 'GET')"
+        )
     url = _PLACEHOLDER.sub("x", call.url)
     try:
         parsed = httpx.URL(url)

@@ -102,18 +102,37 @@ class Engine:
                 path = f"$.steps[{si}].processors[{pi}].call"
                 call = proc.call
                 if isinstance(call, FunctionCall) and call.name not in self.functions:
-                    problems.append(Problem(f"{path}.name", f"no function {call.name!r} is registered with the engine"))
+                    problems.append(
+                        Problem(
+                            f"{path}.name",
+                            f"no function {call.name!r} is registered with the engine",
+                        )
+                    )
                 if isinstance(call, ActionCall) and call.kind not in self.actions:
-                    problems.append(Problem(f"{path}.kind", f"no action kind {call.kind!r} is registered with the engine"))
+                    problems.append(
+                        Problem(
+                            f"{path}.kind",
+                            f"no action kind {call.kind!r} is registered with the engine",
+                        )
+                    )
         return problems
 
-    def runner(self, process: Process, context: dict[str, JSON], *, run_id: str = "local") -> StepRunner:
+    def runner(
+        self, process: Process, context: dict[str, JSON], *, run_id: str = "local"
+    ) -> StepRunner:
         """Return a :class:`StepRunner` for one run of ``process`` over ``context``."""
         return StepRunner(
-            process=process.name, context=context, sandbox=self.sandbox, executor=self.executor,
-            client=self.client, secrets=self.secrets, tokens=self._tokens,
-            functions=self.functions, actions=self.actions, run_id=run_id,
-        )  # fmt: skip
+            process=process.name,
+            context=context,
+            sandbox=self.sandbox,
+            executor=self.executor,
+            client=self.client,
+            secrets=self.secrets,
+            tokens=self._tokens,
+            functions=self.functions,
+            actions=self.actions,
+            run_id=run_id,
+        )
 
     async def invoke(self, process: Process, request: Request | JSON = None) -> Result:
         """Run a payload process on ``request`` and return its payload and trace.
@@ -124,7 +143,9 @@ class Engine:
         """
         await self.validate(process)
         if any(isinstance(s, ResumeStep) for s in process.steps):
-            problem = Problem("$.steps", "a process with resume steps cannot be invoked; start a run")
+            problem = Problem(
+                "$.steps", "a process with resume steps cannot be invoked; start a run"
+            )
             raise DefinitionError([problem])
         trigger = request.to_dict() if isinstance(request, Request) else request
         context: dict[str, JSON] = {"trigger": trigger, "steps": {}, "events": {}}
@@ -134,7 +155,9 @@ class Engine:
         for step in process.steps:
             assert isinstance(step, ProcessStep)
             if step.when is not None and not truthy(
-                await runner.js(step.when, runner.bindings(step.name), name=f"{step.name}.when", step=step.name)
+                await runner.js(
+                    step.when, runner.bindings(step.name), name=f"{step.name}.when", step=step.name
+                )
             ):
                 continue
             trace.extend(await runner.run(step))
@@ -164,7 +187,10 @@ class Engine:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.aclose()
 
@@ -173,5 +199,3 @@ def _where(exc: ScriptError) -> str:
     if exc.line is None:
         return ""
     return f" (line {exc.line}" + (f", column {exc.column})" if exc.column else ")")
-
-

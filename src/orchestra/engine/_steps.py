@@ -12,12 +12,19 @@ import attrs
 import httpx
 
 from orchestra._json import JSON
-from orchestra.errors import ActionError, DefinitionError, Problem, ScriptError, StepError, StepTimeoutError
+from orchestra.engine._trace import ProcessorTrace, Status
+from orchestra.errors import (
+    ActionError,
+    DefinitionError,
+    Problem,
+    ScriptError,
+    StepError,
+    StepTimeoutError,
+)
 from orchestra.executors import Executor
 from orchestra.http import RequestParts, TokenCache, perform
 from orchestra.model import ActionCall, FunctionCall, HttpCall, Processor, ProcessStep
 from orchestra.sandbox import Sandbox
-from orchestra.engine._trace import ProcessorTrace, Status
 
 __all__ = ["Action", "ActionContext", "Checkpoint", "StepRunner", "truthy"]
 
@@ -40,7 +47,7 @@ class ActionContext:
 class Action(Protocol):
     """A kind of action hosts add (``{"type": "action", "kind": ...}``)."""
 
-    async def __call__(self, call: ActionCall, input: JSON, context: ActionContext) -> JSON:  # noqa: A002
+    async def __call__(self, call: ActionCall, input: JSON, context: ActionContext) -> JSON:
         """Run the action and return its JSON result; raise to fail the processor."""
         ...
 
@@ -74,8 +81,16 @@ class StepRunner:
     actions: Mapping[str, Action]
     run_id: str = "local"
 
-    async def js(self, source: str, bindings: Mapping[str, JSON], *, name: str, step: str,
-                 processor: str | None = None, timeout: float | None = None) -> JSON:  # fmt: skip
+    async def js(
+        self,
+        source: str,
+        bindings: Mapping[str, JSON],
+        *,
+        name: str,
+        step: str,
+        processor: str | None = None,
+        timeout: float | None = None,
+    ) -> JSON:
         """Evaluate a fragment, naming the step and processor in any error."""
         try:
             return await self.sandbox.evaluate(source, bindings, name=name, timeout=timeout)
@@ -143,8 +158,14 @@ class StepRunner:
         items: int | None = None
         try:
             if p.when is not None and not truthy(
-                await self.js(p.when, b, name=f"{p.name}.when", step=step.name,
-                              processor=p.name, timeout=p.script_timeout)  # fmt: skip
+                await self.js(
+                    p.when,
+                    b,
+                    name=f"{p.name}.when",
+                    step=step.name,
+                    processor=p.name,
+                    timeout=p.script_timeout,
+                )
             ):
                 status = "skipped"
             elif p.for_each is not None:
@@ -159,18 +180,30 @@ class StepRunner:
             outcome.attempts = max(outcome.attempts, exc.attempts)
             outcome.http_status = getattr(exc, "status", outcome.http_status)
         trace = ProcessorTrace(
-            step=step.name, processor=p.name, status=status, started=started,
-            ended=self.executor.now(), attempts=outcome.attempts,
-            http_status=outcome.http_status, items=items, error=error,
-        )  # fmt: skip
+            step=step.name,
+            processor=p.name,
+            status=status,
+            started=started,
+            ended=self.executor.now(),
+            attempts=outcome.attempts,
+            http_status=outcome.http_status,
+            items=items,
+            error=error,
+        )
         return trace, outcome.output
 
     async def _for_each(
         self, step: ProcessStep, p: Processor, b: dict[str, JSON]
     ) -> tuple[_Outcome, int]:
         assert p.for_each is not None
-        items = await self.js(p.for_each, b, name=f"{p.name}.for_each", step=step.name,
-                              processor=p.name, timeout=p.script_timeout)  # fmt: skip
+        items = await self.js(
+            p.for_each,
+            b,
+            name=f"{p.name}.for_each",
+            step=step.name,
+            processor=p.name,
+            timeout=p.script_timeout,
+        )
         if not isinstance(items, list):
             msg = f"for_each must return an array, got {_kind(items)}"
             raise ScriptError(msg, fragment=f"{p.name}.for_each")
@@ -216,9 +249,13 @@ class StepRunner:
         if isinstance(call, HttpCall):
             parts = await self._parts(step, p, call, b)
             result = await perform(
-                call, parts, client=self.client, executor=self.executor,
-                secrets=self.secrets, tokens=self.tokens,
-            )  # fmt: skip
+                call,
+                parts,
+                client=self.client,
+                executor=self.executor,
+                secrets=self.secrets,
+                tokens=self.tokens,
+            )
             return _Outcome(result.body, result.attempts, result.status)
         try:
             async with self.executor.fail_after(call.timeout):
@@ -238,9 +275,19 @@ class StepRunner:
         for field in ("path", "headers", "query", "body"):
             src = getattr(call, field)
             if src is not None:
-                values[field] = await self.js(src, b, name=f"{p.name}.{field}", step=step.name,
-                                              processor=p.name, timeout=p.script_timeout)  # fmt: skip
-                if field != "body" and values[field] is not None and not isinstance(values[field], dict):
+                values[field] = await self.js(
+                    src,
+                    b,
+                    name=f"{p.name}.{field}",
+                    step=step.name,
+                    processor=p.name,
+                    timeout=p.script_timeout,
+                )
+                if (
+                    field != "body"
+                    and values[field] is not None
+                    and not isinstance(values[field], dict)
+                ):
                     msg = f"{field} must return an object, got {_kind(values[field])}"
                     raise ScriptError(msg, fragment=f"{p.name}.{field}")
         return RequestParts(
@@ -255,7 +302,9 @@ class StepRunner:
     async def _function(self, call: FunctionCall, value: JSON) -> Any:
         func = self.functions.get(call.name)
         if func is None:
-            raise DefinitionError([Problem("call.name", f"no function {call.name!r} is registered")])
+            raise DefinitionError(
+                [Problem("call.name", f"no function {call.name!r} is registered")]
+            )
         try:
             if inspect.iscoroutinefunction(func):
                 return await func(value)
@@ -272,11 +321,17 @@ class StepRunner:
     async def _custom(self, step: ProcessStep, p: Processor, call: ActionCall, value: JSON) -> Any:
         action = self.actions.get(call.kind)
         if action is None:
-            raise DefinitionError([Problem("call.kind", f"no action kind {call.kind!r} is registered")])
+            raise DefinitionError(
+                [Problem("call.kind", f"no action kind {call.kind!r} is registered")]
+            )
         ctx = ActionContext(
-            process=self.process, step=step.name, processor=p.name, client=self.client,
-            executor=self.executor, secrets=self.secrets,
-        )  # fmt: skip
+            process=self.process,
+            step=step.name,
+            processor=p.name,
+            client=self.client,
+            executor=self.executor,
+            secrets=self.secrets,
+        )
         try:
             return await action(call, value, ctx)
         except StepError:

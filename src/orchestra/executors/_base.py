@@ -42,5 +42,3 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     def random(self) -> float:
         """Return a random float in [0, 1) (for jitter); deterministic in tests."""
-
-

@@ -20,11 +20,12 @@ T = TypeVar("T")
 
 
 class _Sleeper:
-    __slots__ = ("deadline", "event", "seq")
+    __slots__ = ("deadline", "due", "event", "seq")
 
     def __init__(self, deadline: float, seq: int) -> None:
         self.deadline = deadline
         self.seq = seq
+        self.due = False
         self.event = anyio.Event()
 
     def __lt__(self, other: _Sleeper) -> bool:
@@ -55,9 +56,7 @@ class VirtualClock:
         """Move the clock forward by ``seconds``, waking every sleeper due by then in order."""
         target = self._now + seconds
         while self._heap and self._heap[0].deadline <= target:
-            s = heapq.heappop(self._heap)
-            self._now = max(self._now, s.deadline)
-            s.event.set()
+            self._wake(heapq.heappop(self._heap))
             await _settle()
         self._now = target
 
@@ -69,41 +68,44 @@ class VirtualClock:
         me = _Sleeper(self._now + seconds, next(self._seq))
         heapq.heappush(self._heap, me)
         try:
-            while not me.event.is_set():
+            while not me.due:
                 if self._driving:
-                    await me.event.wait()
                     # Woken either because our time came or to take over driving.
-                    if self._now >= me.deadline:
-                        return
+                    await me.event.wait()
                     me.event = anyio.Event()
                     continue
                 await self._drive(me)
         finally:
-            if me in self._heap:
+            if not me.due and me in self._heap:
                 self._heap.remove(me)
                 heapq.heapify(self._heap)
+            # Whether we were driving or were just handed the driving (and are leaving,
+            # perhaps cancelled), someone still asleep must drive on.
+            if not self._driving and self._heap:
+                self._heap[0].event.set()
+
+    def _wake(self, s: _Sleeper) -> None:
+        self._now = max(self._now, s.deadline)
+        s.due = True
+        s.event.set()
 
     async def _drive(self, me: _Sleeper) -> None:
         self._driving = True
         try:
-            while not me.event.is_set():
+            while not me.due:
                 await _settle()
-                if not self._heap:  # pragma: no cover - we are in the heap ourselves
+                if me.due or not self._heap:  # pragma: no cover - we are in the heap ourselves
                     return
-                s = heapq.heappop(self._heap)
-                self._now = max(self._now, s.deadline)
-                s.event.set()
+                self._wake(heapq.heappop(self._heap))
         finally:
             self._driving = False
-            if self._heap:  # hand the driving over to the next sleeper
-                self._heap[0].event.set()
 
 
 async def _settle() -> None:
     """Yield until no other callback is ready to run (every other task is blocked)."""
     loop = asyncio.get_running_loop()
     await asyncio.sleep(0)
-    while getattr(loop, "_ready", None):
+    while getattr(loop, "_ready", None):  # noqa: ASYNC110 - yield until the loop is idle
         await asyncio.sleep(0)
 
 
@@ -136,21 +138,34 @@ class InMemoryExecutor(Executor):
             yield
             return
         timed_out = False
-        async with anyio.create_task_group() as tg:
-            scope = anyio.CancelScope()
+        error: BaseException | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                scope = anyio.CancelScope()
 
-            async def watch() -> None:
-                nonlocal timed_out
-                await self.clock.sleep(seconds)
-                timed_out = True
-                scope.cancel()
+                async def watch() -> None:
+                    nonlocal timed_out
+                    await self.clock.sleep(seconds)
+                    timed_out = True
+                    scope.cancel()
 
-            tg.start_soon(watch)
+                tg.start_soon(watch)
+                try:
+                    with scope:
+                        yield
+                finally:
+                    tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The watcher never raises: whatever the group holds came from the body, which
+            # must see its own exception, not a group (as with ``anyio.fail_after``).
+            if len(group.exceptions) != 1:
+                raise
+            error = group.exceptions[0]
+        if error is not None:
             try:
-                with scope:
-                    yield
+                raise error
             finally:
-                tg.cancel_scope.cancel()
+                error = None
         if timed_out:
             raise TimeoutError
 

@@ -16,7 +16,7 @@ __all__ = ["TokenCache", "auth_headers", "secret"]
 
 
 def secret(secrets: Mapping[str, str], name: str) -> str:
-    """Return the secret called ``name``; raise :class:`~orchestra.HttpError` naming it if absent."""
+    """Return the secret called ``name``; raise :class:`~orchestra.HttpError` if absent."""
     try:
         return secrets[name]
     except KeyError:

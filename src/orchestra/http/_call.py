@@ -97,9 +97,13 @@ async def perform(
             )
             headers["Authorization"] = f"Bearer {token}"
         request = client.build_request(
-            call.method, url, headers=headers, params=query, content=content,
+            call.method,
+            url,
+            headers=headers,
+            params=query,
+            content=content,
             timeout=call.timeout,
-        )  # fmt: skip
+        )
         delay: float | None = None
         try:
             async with executor.fail_after(call.timeout):
@@ -184,7 +188,7 @@ def _query(v: JSON) -> Any:
 
 
 def _backoff(call: HttpCall, attempt: int, executor: Executor) -> float:
-    base = min(call.retry.max_backoff, call.retry.backoff * 2 ** (attempt - 1))
+    base = min(call.retry.max_backoff, call.retry.backoff * 2.0 ** (attempt - 1))
     return base * executor.random() if call.retry.jitter else base
 
 

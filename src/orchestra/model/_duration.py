@@ -21,6 +21,9 @@ def parse_duration(text: str) -> float:
     """
     m = _DURATION.match(text)
     if m is None:
-        msg = f"{text!r} is not an ISO 8601 duration such as 'P5D' or 'PT30M' (years and months are not supported)"
+        msg = (
+            f"{text!r} is not an ISO 8601 duration such as 'P5D' or 'PT30M' "
+            "(years and months are not supported)"
+        )
         raise ValueError(msg)
     return sum(float(v) * _SECONDS[k] for k, v in m.groupdict().items() if v)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import types
 from typing import Any, Union, get_args, get_origin
 
@@ -32,8 +33,8 @@ from orchestra.model import (
 __all__ = [
     "SCHEMA_VERSION",
     "TAGGED_UNIONS",
-    "is_json_type",
     "converter",
+    "is_json_type",
     "process_from_dict",
     "process_from_json",
     "process_to_dict",
@@ -69,15 +70,16 @@ def is_json_type(t: Any) -> bool:
     if t == JSON:
         return True
     args = get_args(t)
-    return get_origin(t) is Union and all(x in args for x in (type(None), bool, int, float, str))
+    is_union = get_origin(t) in (Union, types.UnionType)
+    return is_union and all(x in args for x in (type(None), bool, int, float, str))
 
 
 def _check_json(value: Any, path: str = "") -> JSON:
     """Return ``value`` if it is JSON data, else raise ``ValueError``."""
     if value is None or isinstance(value, (bool, int, str)):
-        return value  # type: ignore[no-any-return]
+        return value
     if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             msg = f"{value} is not a JSON number"
             raise ValueError(msg)
         return value
@@ -90,6 +92,11 @@ def _check_json(value: Any, path: str = "") -> JSON:
         return {k: _check_json(v) for k, v in value.items()}
     msg = f"{type(value).__name__} is not a JSON value"
     raise ValueError(msg)
+
+
+def _is_variadic_tuple(t: Any) -> bool:
+    origin: Any = get_origin(t)
+    return origin is tuple and get_args(t)[1:] == (Ellipsis,)
 
 
 def _make_converter() -> cattrs.Converter:
@@ -132,7 +139,7 @@ def _make_converter() -> cattrs.Converter:
         for i, x in enumerate(v):
             try:
                 out.append(c.structure(x, item))
-            except Exception as exc:  # noqa: BLE001 - collected into one group
+            except Exception as exc:
                 note = IterableValidationNote(f"Structuring index {i}", i, item)
                 exc.__notes__ = [*getattr(exc, "__notes__", []), note]
                 errors.append(exc)
@@ -140,9 +147,7 @@ def _make_converter() -> cattrs.Converter:
             raise cattrs.IterableValidationError("While structuring an array", errors, t)
         return tuple(out)
 
-    c.register_structure_hook_func(
-        lambda t: get_origin(t) is tuple and get_args(t)[1:] == (...,), structure_tuple
-    )
+    c.register_structure_hook_func(_is_variadic_tuple, structure_tuple)
 
     for kind, classes in TAGGED_UNIONS.items():
         by_tag = {_tag_of(cls): cls for cls in classes}
@@ -155,7 +160,8 @@ def _make_converter() -> cattrs.Converter:
             f.name: override(omit_if_default=f.name != "type") for f in attrs.fields(resolved)
         }
         c.register_unstructure_hook(
-            cls, make_dict_unstructure_fn(cls, c, _cattrs_omit_if_default=True, **overrides)
+            cls,
+            make_dict_unstructure_fn(cls, c, _cattrs_omit_if_default=True, **overrides),  # type: ignore[arg-type]
         )
         c.register_structure_hook(
             cls, make_dict_structure_fn(cls, c, _cattrs_forbid_extra_keys=True)
@@ -200,12 +206,12 @@ converter = _make_converter()
 
 
 def _problems(exc: BaseException) -> list[Problem]:
-    problems = []
+    problems: list[Problem] = []
     for line in cattrs.transform_error(exc, path="$", format_exception=_format):
         message, _, path = line.rpartition(" @ ")
         if message.startswith("unknown keys "):
-            for key in message.removeprefix("unknown keys ").split(","):
-                problems.append(Problem(f"{path}.{key}", "unknown key"))
+            keys = message.removeprefix("unknown keys ").split(",")
+            problems.extend(Problem(f"{path}.{key}", "unknown key") for key in keys)
         else:
             problems.append(Problem(path, message))
     return problems
@@ -234,12 +240,13 @@ def process_from_dict(data: object, *, source: str | None = None) -> Process:
     version = data.pop("schema_version", SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
         problem = Problem(
-            "$.schema_version", f"unsupported version {version!r}; this orchestra reads {SCHEMA_VERSION}"
+            "$.schema_version",
+            f"unsupported version {version!r}; this orchestra reads {SCHEMA_VERSION}",
         )
         raise DefinitionError([problem], source=source)
     try:
         process = converter.structure(data, Process)
-    except Exception as exc:  # noqa: BLE001 - every cattrs failure becomes problems
+    except Exception as exc:
         raise DefinitionError(_problems(exc), source=source) from None
     problems = structural_problems(process)
     if problems:
@@ -253,7 +260,9 @@ def process_from_json(text: str | bytes, *, source: str | None = None) -> Proces
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         where = f"line {exc.lineno}, column {exc.colno}"
-        raise DefinitionError([Problem("$", f"not JSON ({where}): {exc.msg}")], source=source) from None
+        raise DefinitionError(
+            [Problem("$", f"not JSON ({where}): {exc.msg}")], source=source
+        ) from None
     return process_from_dict(data, source=source)
 
 
@@ -267,5 +276,3 @@ def process_to_dict(process: Process) -> dict[str, JSON]:
 def process_to_json(process: Process, *, indent: int | None = 2) -> str:
     """Return the JSON text of ``process``."""
     return json.dumps(process_to_dict(process), indent=indent, ensure_ascii=False)
-
-

@@ -1,0 +1,164 @@
+"""The orchestra command line: validate, run, graph, schema, and its exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestra.cli import main
+
+PROCESS = {
+    "name": "page",
+    "trigger": {"type": "request", "path": "/products/{sku}"},
+    "steps": [
+        {
+            "name": "main",
+            "processors": [
+                {
+                    "name": "cms",
+                    "call": {
+                        "type": "http",
+                        "url": "http://cms.test/items/{sku}",
+                        "path": "({sku: trigger.params.sku})",
+                    },
+                    "output": "({title: response.title})",
+                },
+                {
+                    "name": "price",
+                    "needs": ["cms"],
+                    "call": {
+                        "type": "http",
+                        "url": "http://shop.test/prices/{sku}",
+                        "path": "({sku: trigger.params.sku})",
+                    },
+                },
+            ],
+        }
+    ],
+    "output": "({title: out.cms.title, price: out.price.amount})",
+}
+MOCKS = [
+    {"method": "GET", "url": "http://cms.test/items/{sku}", "json": {"title": "Shoe"}},
+    {"method": "GET", "url": "http://shop.test/prices/*", "json": {"amount": 1999}},
+]
+
+
+@pytest.fixture(name="files")
+def _files(tmp_path: Path) -> Path:
+    (tmp_path / "process.json").write_text(json.dumps(PROCESS))
+    (tmp_path / "mocks.json").write_text(json.dumps(MOCKS))
+    (tmp_path / "input.json").write_text(json.dumps({"params": {"sku": "42"}}))
+    bad = dict(
+        PROCESS,
+        steps=[
+            {
+                "name": "main",
+                "processors": [
+                    {"name": "x", "call": {"type": "http", "url": "nope"}, "needs": ["y"]}
+                ],
+            }
+        ],
+    )
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    broken_js = json.loads(json.dumps(PROCESS))
+    broken_js["steps"][0]["processors"][0]["output"] = "({title: response.title"
+    (tmp_path / "broken.json").write_text(json.dumps(broken_js))
+    return tmp_path
+
+
+class TestValidate:
+    def test_ok(self, files: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """A valid file exits 0."""
+        assert main(["validate", str(files / "process.json")]) == 0
+        assert "ok" in capsys.readouterr().out
+
+    def test_invalid(self, files: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """An invalid file exits 2 and lists every problem with its path, no traceback."""
+        assert main(["validate", str(files / "bad.json")]) == 2
+        err = capsys.readouterr().err
+        assert "$.steps[0].processors[0].call.url" in err
+        assert "$.steps[0].processors[0].needs[0]" in err
+        assert "Traceback" not in err
+
+    def test_fragment_syntax(self, files: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """A fragment that does not compile is reported with its path."""
+        assert main(["validate", str(files / "broken.json")]) == 2
+        assert "$.steps[0].processors[0].output" in capsys.readouterr().err
+
+    def test_missing_file(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """A missing file exits 2 naming it."""
+        assert main(["validate", str(tmp_path / "nope.json")]) == 2
+        assert "nope.json" in capsys.readouterr().err
+
+
+class TestRun:
+    def test_payload_and_trace(self, files: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """Run prints the payload; --trace adds a table with every processor."""
+        code = main(
+            [
+                "run",
+                str(files / "process.json"),
+                "--input",
+                "@" + str(files / "input.json"),
+                "--mocks",
+                str(files / "mocks.json"),
+                "--trace",
+            ]
+        )
+        out, err = capsys.readouterr()
+        assert code == 0
+        assert json.loads(out) == {"title": "Shoe", "price": 1999}
+        assert "cms" in err and "price" in err and "attempts" in err
+
+    def test_run_failure(
+        self, files: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A failing upstream exits 1 naming the processor."""
+        (tmp_path / "m2.json").write_text(
+            json.dumps([{"url": "http://cms.test/*", "status": 400, "json": {}}])
+        )
+        code = main(
+            [
+                "run",
+                str(files / "process.json"),
+                "--input",
+                '{"params": {"sku": "1"}}',
+                "--mocks",
+                str(tmp_path / "m2.json"),
+            ]
+        )
+        assert code == 1
+        assert "page/main/cms" in capsys.readouterr().err
+
+    def test_bad_input(self, files: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """Input that is not JSON exits 2."""
+        assert main(["run", str(files / "process.json"), "--input", "{nope"]) == 2
+        assert "not JSON" in capsys.readouterr().err
+
+
+def test_graph(files: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Graph prints a Mermaid flowchart with the dependency edge."""
+    assert main(["graph", str(files / "process.json")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("flowchart TD")
+    assert "p_main_cms --> p_main_price" in out
+
+
+def test_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    """Schema prints a JSON Schema document."""
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["$schema"].endswith("2020-12/schema")
+    assert "Processor" in schema["$defs"]
+
+
+def test_usage_error() -> None:
+    """Bad usage exits 2 through the installed entry point."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestra", "frobnicate"], capture_output=True, check=False
+    )
+    assert proc.returncode == 2
