@@ -5,9 +5,9 @@ with an :class:`Engine`. Only the parts you use are imported: the JavaScript eng
 database drivers load on first use.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from orchestra._json import JSON
-from orchestra._load import load
-from orchestra.engine import Action, ActionContext, Engine, ProcessorTrace, Request, Result
 from orchestra.errors import (
     ActionError,
     ConflictError,
@@ -40,6 +40,40 @@ from orchestra.model import (
     ResumeStep,
     Retry,
 )
+
+if TYPE_CHECKING:
+    from orchestra._load import load
+    from orchestra.engine import Action, ActionContext, Engine, ProcessorTrace, Request, Result
+
+# The engine pulls in httpx and anyio; load it on first use so `import orchestra` is cheap.
+_LAZY = {
+    "load": "orchestra._load",
+    "Action": "orchestra.engine",
+    "ActionContext": "orchestra.engine",
+    "Engine": "orchestra.engine",
+    "ProcessorTrace": "orchestra.engine",
+    "Request": "orchestra.engine",
+    "Result": "orchestra.engine",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the engine's names on first access."""
+    module = _LAZY.get(name)
+    if module is None:
+        msg = f"module 'orchestra' has no attribute {name!r}"
+        raise AttributeError(msg)
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """List the public names, lazy ones included."""
+    return sorted(__all__)
+
 
 __version__ = "0.1.0.dev0"
 
