@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping
 from types import TracebackType
+from typing import Self
 
 from orchestra._json import JSON
 
@@ -41,15 +42,15 @@ class Sandbox(abc.ABC):
 
     @abc.abstractmethod
     async def check(self, source: str, *, name: str = "fragment") -> None:
-        """Compile ``source`` without running it; raise :class:`~orchestra.ScriptError` if it does not.
+        """Compile ``source`` without running it; raise :class:`~orchestra.ScriptError` if it fails.
 
-        The error's ``line`` and ``column`` point into ``source``.
+        The error's ``line`` and ``column`` (both 1-based) point into ``source``.
         """
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release the sandbox's resources (worker processes, engines)."""
 
-    async def __aenter__(self) -> Sandbox:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(

@@ -1,0 +1,133 @@
+"""Benchmark of the sandboxes: per-call latency, throughput and kill-to-ready time.
+
+Run ``python bench/bench_sandbox.py``; prints medians of several rounds as a table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+
+from orchestra.errors import StepTimeoutError
+from orchestra.sandbox import InProcessSandbox, SandboxLimits, WorkerSandbox
+
+ROUNDS = 5
+CALLS = 300
+BINDINGS = {
+    "ctx": {
+        **{f"field{i}": i for i in range(10)},
+        **{f"name{i}": f"value {i}" for i in range(8)},
+        "flag": True,
+        "ratio": 0.5,
+    }
+}
+SOURCE = "ctx.field3 + ctx.name2.length"
+
+
+def median_us(samples: list[float]) -> float:
+    return statistics.median(samples) * 1e6
+
+
+async def per_call(call: Callable[[], Awaitable[object]], calls: int = CALLS) -> float:
+    rounds = []
+    for _ in range(ROUNDS):
+        start = time.perf_counter()
+        for _ in range(calls):
+            await call()
+        rounds.append((time.perf_counter() - start) / calls)
+    return median_us(rounds)
+
+
+def raw_pythonmonkey() -> float:
+    import json
+
+    import pythonmonkey as pm
+
+    fn = pm.eval(
+        "(function (t) { const b = JSON.parse(t); return JSON.stringify(b.ctx.field3 + b.ctx.name2.length) })"
+    )
+    rounds = []
+    for _ in range(ROUNDS):
+        start = time.perf_counter()
+        for _ in range(CALLS * 5):
+            json.loads(fn(json.dumps(BINDINGS)))
+        rounds.append((time.perf_counter() - start) / (CALLS * 5))
+    return median_us(rounds)
+
+
+async def throughput(sandbox: WorkerSandbox, callers: int) -> float:
+    per_caller = 100
+    rounds = []
+    for _ in range(ROUNDS):
+        start = time.perf_counter()
+
+        async def caller() -> None:
+            for _ in range(per_caller):
+                await sandbox.evaluate(SOURCE, BINDINGS)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(callers):
+                tg.start_soon(caller)
+        rounds.append(callers * per_caller / (time.perf_counter() - start))
+    return statistics.median(rounds)
+
+
+async def kill_to_ready(spares: int) -> float:
+    rounds = []
+    async with WorkerSandbox(1, limits=SandboxLimits(spares=spares)) as sandbox:
+        await sandbox.evaluate("1", {})
+        for _ in range(ROUNDS):
+            await anyio.sleep(0.5 if spares else 0)  # let the spare warm up
+            with contextlib.suppress(StepTimeoutError):
+                await sandbox.evaluate("while (true) {}", {}, timeout=0.05)
+            start = time.perf_counter()
+            await sandbox.evaluate("1", {})
+            rounds.append(time.perf_counter() - start)
+    return statistics.median(rounds) * 1e3
+
+
+async def main() -> None:
+    rows: list[tuple[str, str]] = []
+    inproc = InProcessSandbox()
+    await inproc.evaluate(SOURCE, BINDINGS)
+    rows.append(
+        (
+            "in-process sandbox, per call",
+            f"{await per_call(lambda: inproc.evaluate(SOURCE, BINDINGS), CALLS * 5):8.1f} us",
+        )
+    )
+    rows.append(("raw PythonMonkey + JSON text, per call", f"{raw_pythonmonkey():8.1f} us"))
+    async with WorkerSandbox(8) as pool:
+        await pool.evaluate(SOURCE, BINDINGS)
+        rows.append(
+            (
+                "worker pool, per call (1 caller)",
+                f"{await per_call(lambda: pool.evaluate(SOURCE, BINDINGS)):8.1f} us",
+            )
+        )
+        for callers in (2, 8):
+            await pool.evaluate(SOURCE, BINDINGS)
+            rows.append(
+                (
+                    f"worker pool, {callers} concurrent callers",
+                    f"{await throughput(pool, callers):8.0f} calls/s",
+                )
+            )
+    rows.append(("deadline kill -> next call (warm spare)", f"{await kill_to_ready(1):8.1f} ms"))
+    rows.append(("deadline kill -> next call (no spare)", f"{await kill_to_ready(0):8.1f} ms"))
+    width = max(len(r[0]) for r in rows)
+    print(
+        f"sandbox benchmark ({Path(__file__).name}, medians of {ROUNDS} rounds, ~20-field object)"
+    )
+    print("-" * (width + 18))
+    for label, value in rows:
+        print(f"{label:<{width}}  {value:>14}")
+
+
+if __name__ == "__main__":
+    anyio.run(main)

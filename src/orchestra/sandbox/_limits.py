@@ -1,0 +1,44 @@
+"""The knobs of :class:`~orchestra.sandbox.WorkerSandbox`: deadlines, memory and size caps."""
+
+from __future__ import annotations
+
+import attrs
+
+__all__ = ["SandboxLimits"]
+
+_MIB = 1024 * 1024
+
+
+@attrs.frozen(kw_only=True)
+class SandboxLimits:
+    """Resource limits of a :class:`~orchestra.sandbox.WorkerSandbox`.
+
+    All fields are keyword-only and have production defaults::
+
+        WorkerSandbox(limits=SandboxLimits(timeout=0.25, memory_bytes=256 * 1024**2))
+
+    Attributes:
+        timeout: default wall-clock deadline of one call, in seconds. The parent kills
+            the worker at the deadline and raises :class:`~orchestra.StepTimeoutError`;
+            ``evaluate(..., timeout=...)`` overrides it per call.
+        memory_bytes: ``RLIMIT_DATA`` of each worker. Allocating past it gives
+            :class:`~orchestra.SandboxError` ("out of memory") and the worker is replaced.
+        max_output_chars: largest JSON text a fragment may return, in UTF-16 code units
+            (as JavaScript counts ``string.length``); larger results give
+            :class:`~orchestra.SandboxError`.
+        max_calls_per_worker: a worker is replaced after this many calls.
+        max_rss_bytes: a worker whose peak resident memory exceeds this is replaced after
+            its call (SpiderMonkey does not give all memory back).
+        spares: started workers kept ready besides the busy and idle ones, so replacing
+            a killed worker costs milliseconds instead of a cold start (~0.2-0.4 s).
+        start_timeout: how long a new worker may take to become ready, in seconds.
+
+    """
+
+    timeout: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
+    memory_bytes: int = attrs.field(default=512 * _MIB, validator=attrs.validators.gt(0))
+    max_output_chars: int = attrs.field(default=8 * _MIB, validator=attrs.validators.gt(0))
+    max_calls_per_worker: int = attrs.field(default=10_000, validator=attrs.validators.gt(0))
+    max_rss_bytes: int = attrs.field(default=256 * _MIB, validator=attrs.validators.gt(0))
+    spares: int = attrs.field(default=1, validator=attrs.validators.ge(0))
+    start_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))

@@ -1,0 +1,207 @@
+"""One worker process of the pool: start it, frame requests over its pipes, kill it.
+
+The pipes are plain non-blocking file descriptors polled with :func:`anyio.wait_readable`
+(about half the round-trip cost of anyio's process streams). Frames are lines: the
+request is one line of ASCII JSON; the reply is ``<peak RSS KiB> <JSON>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import math
+import os
+import re
+import sys
+from pathlib import Path
+
+import anyio
+import anyio.abc
+
+from orchestra.errors import SandboxError, StepTimeoutError
+from orchestra.sandbox._limits import SandboxLimits
+
+__all__ = ["WorkerDied", "WorkerProcess"]
+
+_WORKER_SCRIPT = Path(__file__).with_name("_worker.py")
+_CHUNK = 1 << 16
+_STDERR_TAIL = 2000
+_OOM_TEXT = re.compile(r"\boom\b|out of memory", re.IGNORECASE)
+
+
+class WorkerDied(SandboxError):
+    """The worker process exited or broke its pipe during a call."""
+
+
+def _engine_dir() -> str:
+    """Directory of the installed ``pythonmonkey`` package, found without importing it."""
+    spec = importlib.util.find_spec("pythonmonkey")
+    if spec is None or not spec.submodule_search_locations:
+        raise SandboxError("pythonmonkey is not installed")
+    return str(next(iter(spec.submodule_search_locations)))
+
+
+class WorkerProcess:
+    """A started ``_worker.py`` process and the framing of its pipes.
+
+    Not safe for concurrent use: the pool hands each worker to one caller at a time.
+    """
+
+    def __init__(
+        self, process: anyio.abc.Process, fds: tuple[int, int, int], limits: SandboxLimits
+    ) -> None:
+        self._process = process
+        self._to_worker, self._from_worker, self._stderr = fds
+        self._limits = limits
+        self._buffer = bytearray()
+        self._ready = False
+        # A reply holds at most max_output_chars code units, each escaped to <= 6 bytes.
+        self._max_line = 6 * limits.max_output_chars + (1 << 20)
+        self.calls = 0
+        self.rss_bytes = 0
+        self.dead = False
+
+    @classmethod
+    async def spawn(cls, limits: SandboxLimits) -> WorkerProcess:
+        """Start a worker process; it becomes ready in the background."""
+        command = [
+            sys.executable,
+            "-I",
+            "-S",
+            str(_WORKER_SCRIPT),
+            _engine_dir(),
+            str(limits.memory_bytes),
+            str(limits.max_output_chars),
+        ]
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            process = await anyio.open_process(
+                command, stdin=in_r, stdout=out_w, stderr=err_w, cwd="/", env={"TZ": "UTC"}
+            )
+        except OSError as exc:
+            for fd in (in_w, out_r, err_r):
+                os.close(fd)
+            raise SandboxError(f"cannot start a sandbox worker: {exc}") from exc
+        finally:
+            for fd in (in_r, out_w, err_w):
+                os.close(fd)
+        for fd in (in_w, out_r, err_r):
+            os.set_blocking(fd, False)
+        return cls(process, (in_w, out_r, err_r), limits)
+
+    @property
+    def pid(self) -> int:
+        """The process id."""
+        return self._process.pid
+
+    async def wait_ready(self) -> None:
+        """Wait until the worker has hardened its engine and can take requests."""
+        if self._ready:
+            return
+        try:
+            with anyio.fail_after(self._limits.start_timeout):
+                line = await self._read_line()
+        except TimeoutError:
+            await self.kill()
+            raise SandboxError("a sandbox worker did not start in time") from None
+        except BaseException:
+            await self.kill()
+            raise
+        if line != b"0 ready":
+            await self.kill()
+            raise SandboxError(f"a sandbox worker failed to start: {line[:500]!r}")
+        self._ready = True
+
+    async def call(self, request: str, timeout: float) -> bytes:
+        """Send one request and return the reply JSON; kill the worker on any failure.
+
+        Raises :class:`~orchestra.StepTimeoutError` past ``timeout`` seconds and
+        :class:`WorkerDied` when the process dies; in both cases, and when the caller is
+        cancelled, the process has been killed when this returns.
+        """
+        finished = False
+        try:
+            with anyio.move_on_after(timeout if math.isfinite(timeout) else None) as scope:
+                await self._write(request.encode("ascii") + b"\n")
+                line = await self._read_line()
+                finished = True
+        finally:
+            if not finished:
+                await self.kill()
+        if scope.cancelled_caught or not finished:
+            raise StepTimeoutError(f"ran past its deadline of {timeout:g} s; the worker was killed")
+        self.calls += 1
+        rss, _, reply = line.partition(b" ")
+        self.rss_bytes = int(rss) * 1024
+        return reply
+
+    async def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self._to_worker, view) :]
+            except BlockingIOError:
+                await anyio.wait_writable(self._to_worker)
+            except (BrokenPipeError, OSError):
+                raise await self._died() from None
+
+    async def _read_line(self) -> bytes:
+        buffer = self._buffer
+        start = 0
+        while True:
+            end = buffer.find(b"\n", start)
+            if end >= 0:
+                line = bytes(buffer[:end])
+                del buffer[: end + 1]
+                return line
+            start = len(buffer)
+            if start > self._max_line:
+                await self.kill()
+                raise WorkerDied("the sandbox worker sent a reply larger than the output limit")
+            try:
+                chunk = os.read(self._from_worker, _CHUNK)
+            except BlockingIOError:
+                await anyio.wait_readable(self._from_worker)
+                continue
+            except OSError:
+                chunk = b""
+            if not chunk:
+                raise await self._died()
+            buffer += chunk
+
+    async def _died(self) -> WorkerDied:
+        with anyio.CancelScope(shield=True):
+            await self._terminate()
+            tail = b""
+            with contextlib.suppress(OSError):
+                while len(tail) < 1 << 16:
+                    chunk = os.read(self._stderr, _CHUNK)
+                    if not chunk:
+                        break
+                    tail += chunk
+            await self.kill()
+        code = self._process.returncode
+        text = tail.decode("utf-8", "replace").strip()[-_STDERR_TAIL:]
+        cause = "out of memory" if _OOM_TEXT.search(text) else None
+        how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        detail = f" ({cause})" if cause else (f": {text}" if text else "")
+        return WorkerDied(f"the sandbox worker died ({how}){detail}")
+
+    async def _terminate(self) -> None:
+        if self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+        await self._process.wait()
+
+    async def kill(self) -> None:
+        """Kill the process (if still running) and close its pipes."""
+        if self.dead:
+            return
+        self.dead = True
+        with anyio.CancelScope(shield=True):
+            await self._terminate()
+            for fd in (self._to_worker, self._from_worker, self._stderr):
+                anyio.notify_closing(fd)
+                os.close(fd)

@@ -1,0 +1,245 @@
+// The fragment runner: compiles fragments (cached), runs them on JSON bindings and
+// turns the result, or what was thrown, into one JSON reply text.  Shared by the worker
+// process and the in-process sandbox.  Evaluates to a factory; call it with the output
+// cap (in UTF-16 code units) and it returns the function that serves requests.
+//
+// Everything used after start-up is captured here, before any fragment can run.
+//
+// Requests (JSON text): {"s": source, "b": {name: value, ...}}   run
+//                      {"s": source, "c": 1}                     compile only
+// Replies  (JSON text): {"ok": <result>}
+//                     | {"e": message, "k": kind, "l": line, "c": column}
+//   kind: "script" (the fragment's fault), "oom" (out of memory), "output" (too large)
+(function (maxOutput) {
+  "use strict";
+  const MakeFunction = Function;
+  const ErrorProto = Error.prototype;
+  const SyntaxErrorCtor = SyntaxError;
+  const PromiseCtors = [Promise];
+  const jsonParse = JSON.parse;
+  const jsonStringify = JSON.stringify;
+  const apply = Reflect.apply;
+  const keys = Object.keys;
+  const getOwn = Reflect.getOwnPropertyDescriptor;
+  const getProto = Reflect.getPrototypeOf;
+  const isProtoOf = Object.prototype.isPrototypeOf;
+  const hasOwn = Object.hasOwn;
+  const isFrozen = Object.isFrozen;
+  const toWellFormed = String.prototype.toWellFormed;
+  const strSlice = String.prototype.slice;
+  const strEndsWith = String.prototype.endsWith;
+  const strIndexOf = String.prototype.indexOf;
+  const strReplace = String.prototype.replace;
+  const symToString = Symbol.prototype.toString;
+  const RegExpCtors = [RegExp];
+  const regexpExec = RegExp.prototype.exec;
+  const isFiniteNumber = Number.isFinite;
+  const StringCtor = String;
+  const MapCtor = Map;
+  const mapGet = Map.prototype.get;
+  const mapSet = Map.prototype.set;
+  const mapClear = Map.prototype.clear;
+  const mapSize = getOwn(Map.prototype, "size").get;
+  const MAX_MESSAGE = 2000;
+  const MAX_SAFE = 9007199254740991;
+  const MAX_CACHE = 2000;
+  // An escaped lone surrogate in JSON.stringify output (well-formed JSON.stringify never
+  // escapes a valid pair), not preceded by an escaping backslash.
+  const LONE = /(?<!\\)((?:\\\\)*)\\ud[89a-f][0-9a-f]{2}/g;
+  const dg = typeof debuggerGlobal === "object" ? debuggerGlobal : undefined;
+  if (dg !== undefined) {
+    PromiseCtors.push(dg.Promise);
+    RegExpCtors.push(dg.RegExp);
+  }
+  const resetters = [];
+  for (const R of RegExpCtors) resetters.push(new R("(?:)"));
+
+  // Lines the Function constructor puts before the body ("function anonymous(\n) {\n").
+  let header = 2;
+  try {
+    MakeFunction("@");
+  } catch (e) {
+    header = e.lineNumber - 1;
+  }
+  const EXPR_PREFIX = '"use strict";\nreturn (\n';
+  const BODY_PREFIX = '"use strict";\n';
+  const EXPR_OFFSET = header + 2;
+  const BODY_OFFSET = header + 1;
+
+  const cache = new MapCtor();
+
+  function wellFormed(s) {
+    return apply(toWellFormed, s, []);
+  }
+
+  function clip(s) {
+    s = wellFormed(s);
+    return s.length > MAX_MESSAGE ? apply(strSlice, s, [0, MAX_MESSAGE]) + "…" : s;
+  }
+
+  // Reads a property along the prototype chain without running getters, except those
+  // of frozen objects (the intrinsics' override-taming accessors in a worker).
+  function dataProp(o, k) {
+    for (let i = 0; o !== null && i < 64; i++) {
+      const d = getOwn(o, k);
+      if (d !== undefined) {
+        if (hasOwn(d, "value")) return d.value;
+        return d.get !== undefined && isFrozen(o) ? apply(d.get, o, []) : undefined;
+      }
+      o = getProto(o);
+    }
+    return undefined;
+  }
+
+  function reply(message, kind, line, column) {
+    return jsonStringify({ e: clip(message), k: kind, l: line, c: column });
+  }
+
+  // Describes any thrown value without running its code where that can be avoided.
+  function thrown(e, offset, prefix) {
+    try {
+      if (e === "out of memory") return reply("out of memory", "oom", 0, 0);
+      const t = typeof e;
+      if (t === "symbol") return reply(prefix + "uncaught exception: " + apply(symToString, e, []), "script", 0, 0);
+      if (e === null || (t !== "object" && t !== "function")) {
+        return reply(prefix + "uncaught exception: " + StringCtor(e), "script", 0, 0);
+      }
+      let message = dataProp(e, "message");
+      message = typeof message === "string" ? message : "";
+      if (!apply(isProtoOf, ErrorProto, [e])) {
+        return reply(prefix + "uncaught exception: " + (message || "a non-Error object"), "script", 0, 0);
+      }
+      let name = dataProp(e, "name");
+      name = typeof name === "string" && name ? name : "Error";
+      let line = 0;
+      let column = 0;
+      const file = dataProp(e, "fileName");
+      const inFragment = typeof file === "string" && apply(strEndsWith, file, ["> Function"]);
+      if (offset > 0 && inFragment) {
+        const l = dataProp(e, "lineNumber");
+        const c = dataProp(e, "columnNumber");
+        if (typeof l === "number" && l - offset > 0) {
+          line = l - offset;
+          column = typeof c === "number" && c > 0 ? c : 0;
+        }
+      }
+      return reply(prefix + name + (message ? ": " + message : ""), "script", line, column);
+    } catch (_) {
+      return reply(prefix + "uncaught exception (undescribable value)", "script", 0, 0);
+    }
+  }
+
+  // A compile error, its position clamped into the fragment (an error found at the
+  // wrapper's closing brace is reported just past the fragment's last character).
+  function compileError(e, offset, src) {
+    if (e === "out of memory") return reply("out of memory", "oom", 0, 0);
+    let message = "";
+    let line = 0;
+    let column = 0;
+    try {
+      message = StringCtor(e.message);
+      if (typeof e.lineNumber === "number" && e.lineNumber - offset > 0) {
+        line = e.lineNumber - offset;
+        column = typeof e.columnNumber === "number" ? e.columnNumber : 0;
+        const lines = src.split("\n");
+        if (line > lines.length) {
+          line = lines.length;
+          column = lines[line - 1].length + 1;
+        }
+      }
+    } catch (_) {
+      message = "does not compile";
+    }
+    return reply("SyntaxError: " + message, "script", line, column);
+  }
+
+  // -> {fn, offset} or {error: replyText}
+  function compile(src, names) {
+    const key = names.join(",") + "\u0000" + src;
+    let c = apply(mapGet, cache, [key]);
+    if (c !== undefined) return c;
+    try {
+      c = { fn: apply(MakeFunction, undefined, [...names, EXPR_PREFIX + src + "\n);"]), offset: EXPR_OFFSET };
+    } catch (e) {
+      if (!apply(isProtoOf, SyntaxErrorCtor.prototype, [e])) return { error: compileError(e, 0, src) };
+      try {
+        c = { fn: apply(MakeFunction, undefined, [...names, BODY_PREFIX + src]), offset: BODY_OFFSET };
+      } catch (e2) {
+        c = { error: compileError(e2, BODY_OFFSET, src) };
+      }
+    }
+    if (apply(mapSize, cache, []) >= MAX_CACHE) apply(mapClear, cache, []);
+    apply(mapSet, cache, [key, c]);
+    return c;
+  }
+
+  function replacer(key, v) {
+    if (typeof v === "number") {
+      if (!isFiniteNumber(v)) throw new TypeError("the result contains " + v + ", which JSON cannot carry");
+      // Integral numbers beyond 2^53-1 print as digits (below 1e21) that are not exact.
+      if ((v > MAX_SAFE || v < -MAX_SAFE) && v < 1e21 && v > -1e21) {
+        throw new RangeError("the result contains " + v + ", an integer beyond ±(2^53-1) that is not exact; return it as a string");
+      }
+    } else if (typeof v === "bigint") {
+      throw new TypeError("the result contains a BigInt, which JSON cannot carry");
+    }
+    return v;
+  }
+
+  function isPromise(r) {
+    if (r === null || typeof r !== "object") return false;
+    for (const P of PromiseCtors) if (apply(isProtoOf, P.prototype, [r])) return true;
+    return false;
+  }
+
+  function resetStatics() {
+    for (const r of resetters) apply(regexpExec, r, [""]);
+  }
+
+  function run(line) {
+    const req = jsonParse(line);
+    if (req.c === 1) {
+      const c = compile(req.s, []);
+      return c.error !== undefined ? c.error : '{"ok":null}';
+    }
+    const bindings = req.b;
+    if (typeof req.s !== "string" || bindings === null || typeof bindings !== "object") {
+      return reply("sandbox: malformed request", "script", 0, 0);
+    }
+    const names = keys(bindings);
+    const args = [];
+    for (let i = 0; i < names.length; i++) args[i] = bindings[names[i]];
+    const c = compile(req.s, names);
+    if (c.error !== undefined) return c.error;
+    resetStatics();
+    let r;
+    try {
+      r = apply(c.fn, undefined, args);
+    } catch (e) {
+      return thrown(e, c.offset, "");
+    }
+    if (isPromise(r)) return reply("the fragment returned a Promise; fragments are synchronous", "script", 0, 0);
+    let out;
+    try {
+      out = jsonStringify(r, replacer);
+    } catch (e) {
+      return thrown(e, c.offset, "cannot convert the result to JSON: ");
+    }
+    if (out === undefined) out = "null";
+    if (out.length > maxOutput) {
+      return reply("the result is larger than the output limit (" + maxOutput + " characters)", "output", 0, 0);
+    }
+    if (apply(strIndexOf, out, ["\\ud"]) !== -1) out = apply(strReplace, out, [LONE, "$1\\ufffd"]);
+    return '{"ok":' + out + "}";
+  }
+
+  function safeRun(line) {
+    try {
+      return run(line);
+    } catch (e) {
+      return thrown(e, 0, "sandbox: ");
+    }
+  }
+
+  return safeRun;
+});

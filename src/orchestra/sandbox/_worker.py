@@ -1,0 +1,125 @@
+"""A sandbox worker process: serves fragment requests over stdin/stdout.
+
+Run by :class:`~orchestra.sandbox.WorkerSandbox` as::
+
+    python -I -S _worker.py PYTHONMONKEY_DIR MEMORY_BYTES MAX_OUTPUT_CHARS
+
+It imports nothing but the standard library and PythonMonkey's extension module itself
+(loaded by path, so none of PythonMonkey's Python layer, ``require``, timers or
+XMLHttpRequest is ever defined). It applies resource limits, hardens the engine
+(``_lockdown.js``), writes ``ready`` and then answers one line per request line:
+``<peak RSS in KiB> <reply JSON>``. Fragments cannot reach anything but plain
+ECMAScript; the parent enforces deadlines by killing this process.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import json
+import os
+import resource
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+_PROMISE = json.dumps(
+    {
+        "e": "Promise jobs cannot run: fragments are synchronous (no then/await)",
+        "k": "script",
+        "l": 0,
+        "c": 0,
+    }
+)
+_OOM = '{"e":"out of memory","k":"oom","l":0,"c":0}'
+
+
+def _load_engine(package_dir: str) -> ModuleType:
+    """Load ``pythonmonkey.so`` by path, skipping the package's ``__init__``."""
+    path = next(Path(package_dir).glob("pythonmonkey*.so"), None) or Path(
+        package_dir, "pythonmonkey.so"
+    )
+    loader = importlib.machinery.ExtensionFileLoader("pythonmonkey", str(path))
+    spec = importlib.util.spec_from_file_location("pythonmonkey", str(path), loader=loader)
+    if spec is None:  # pragma: no cover - only with a broken installation
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before prctl
+            os._exit(1)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+def _limit(memory_bytes: int) -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_DATA, (memory_bytes, memory_bytes))
+
+
+def _serve(run: Callable[[str], str]) -> None:
+    getrusage = resource.getrusage
+    self_ = resource.RUSAGE_SELF
+    _write(b"0 ready\n")
+    buffer = bytearray()
+    start = 0
+    while True:
+        end = buffer.find(b"\n", start)
+        if end < 0:
+            start = len(buffer)
+            chunk = os.read(0, 1 << 16)
+            if not chunk:
+                return
+            buffer += chunk
+            continue
+        line = buffer[:end].decode("utf-8")
+        del buffer[: end + 1]
+        start = 0
+        try:
+            reply = str(run(line))
+        except RuntimeError:  # PythonMonkey wanted an event loop for a Promise job
+            reply = _PROMISE
+        except MemoryError:
+            reply = _OOM
+        except Exception as exc:
+            text = str(exc)[:2000].encode("utf-8", "replace").decode("utf-8")
+            if "out of memory" in text:
+                reply = _OOM
+            else:
+                reply = json.dumps({"e": "sandbox: " + text, "k": "script", "l": 0, "c": 0})
+        _write(b"%d %s\n" % (getrusage(self_).ru_maxrss, reply.encode("utf-8", "replace")))
+
+
+def _write(data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(1, view) :]
+
+
+def main(argv: list[str]) -> None:
+    """Start the engine, harden it, and serve requests until stdin closes."""
+    _die_with_parent()
+    package_dir, memory_bytes, max_output = argv[1], int(argv[2]), int(argv[3])
+    pm = _load_engine(package_dir)
+    here = Path(__file__).parent
+    runner = pm.eval((here / "_runner.js").read_text("utf-8"))(float(max_output))
+    lockdown = pm.eval((here / "_lockdown.js").read_text("utf-8"))
+    lockdown()
+    _limit(memory_bytes)
+    _serve(runner)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,268 @@
+"""The behaviour every :class:`~orchestra.sandbox.Sandbox` implementation must have.
+
+Adapter authors: subclass :class:`SandboxContract` in a test module that provides a ``sandbox`` fixture
+(and an ``anyio_backend`` fixture); every test here then runs against it. Isolation
+and deadline cases are not part of the contract (the in-process sandbox has neither);
+see ``test_attacks.py`` for those.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from orchestra._json import JSON
+from orchestra.errors import SandboxError, ScriptError
+from orchestra.sandbox import Sandbox
+
+pytestmark = pytest.mark.anyio
+
+TWENTY = {f"f{i}": i for i in range(20)}
+
+
+class SandboxContract:
+    """Contract tests; the ``sandbox`` fixture supplies the implementation."""
+
+    # -- fragments: expression or body -------------------------------------------------
+
+    @pytest.mark.parametrize(
+        ("source", "bindings", "expected"),
+        [
+            ("1 + 2", {}, 3),
+            ("a.f3 + a.f4", {"a": TWENTY}, 7),
+            ("ctx.items.map((x) => x * 2)", {"ctx": {"items": [1, 2, 3]}}, [2, 4, 6]),
+            ("const x = a + 1;\nreturn x * 2;", {"a": 1}, 4),
+            ("if (a) { return 'yes' }\nreturn 'no'", {"a": False}, "no"),
+            ("let s = 0; for (const v of xs) s += v; return s", {"xs": [1, 2, 3]}, 6),
+            ("a // trailing comment", {"a": 5}, 5),
+            ("({a: 1, b: [true, null, 'x']})", {}, {"a": 1, "b": [True, None, "x"]}),
+            ("x", {"x": "naïve ☃ 😀"}, "naïve ☃ 😀"),
+            ("void 0", {}, None),
+            ("let y = 1", {}, None),
+            ("a.b", {"a": {"b": 0.5}}, 0.5),
+            ("typeof a", {"a": None}, "object"),
+            ("a === null", {"a": None}, True),
+            ("$x + _y", {"$x": 1, "_y": 2}, 3),
+            ("__proto__", {"__proto__": 3}, 3),
+        ],
+    )
+    async def test_evaluates(
+        self, sandbox: Sandbox, source: str, bindings: dict[str, Any], expected: JSON
+    ) -> None:
+        result = await sandbox.evaluate(source, bindings)
+        assert result == expected
+        assert type(result) is type(expected)
+
+    async def test_each_call_sees_only_its_bindings(self, sandbox: Sandbox) -> None:
+        assert await sandbox.evaluate("typeof a", {"a": 1}) == "number"
+        assert await sandbox.evaluate("typeof a", {"b": 1}) == "undefined"
+
+    async def test_same_source_different_binding_names(self, sandbox: Sandbox) -> None:
+        assert await sandbox.evaluate("typeof a + typeof b", {"a": 1}) == "numberundefined"
+        assert await sandbox.evaluate("typeof a + typeof b", {"a": 1, "b": "x"}) == "numberstring"
+
+    async def test_strict_mode(self, sandbox: Sandbox) -> None:
+        with pytest.raises(ScriptError, match="undeclared|not defined"):
+            await sandbox.evaluate("undeclared = 1; return 1", {})
+        assert await sandbox.evaluate("(function () { return this })()", {}) is None
+
+    async def test_bindings_are_copies(self, sandbox: Sandbox) -> None:
+        data: dict[str, JSON] = {"n": [1]}
+        assert await sandbox.evaluate("a.n.push(2); return a.n", {"a": data}) == [1, 2]
+        assert data == {"n": [1]}
+
+    # -- exact data --------------------------------------------------------------------
+
+    @pytest.mark.parametrize("value", [0, 1, -1, 2**53 - 1, -(2**53 - 1), 1.5, -0.25, 1e300])
+    async def test_numbers_round_trip(self, sandbox: Sandbox, value: float) -> None:
+        result = await sandbox.evaluate("v", {"v": value})
+        assert result == value
+        assert type(result) is type(value)
+
+    async def test_integral_float_comes_back_as_int(self, sandbox: Sandbox) -> None:
+        assert await sandbox.evaluate("v", {"v": 3.0}) == 3
+        assert type(await sandbox.evaluate("v * 2", {"v": 1.5})) is int
+
+    @pytest.mark.parametrize("value", [2**53, -(2**53), 10**30, [1, {"x": 2**63}]])
+    async def test_unsafe_integer_bindings_are_rejected(
+        self, sandbox: Sandbox, value: JSON
+    ) -> None:
+        with pytest.raises(ScriptError, match=r"2\^53"):
+            await sandbox.evaluate("v", {"v": value})
+
+    async def test_unsafe_looking_strings_are_fine(self, sandbox: Sandbox) -> None:
+        assert await sandbox.evaluate("v", {"v": "12345678901234567890"}) == "12345678901234567890"
+
+    @pytest.mark.parametrize("source", ["2 ** 60", "-(2 ** 54)", "[9007199254740992]"])
+    async def test_unsafe_integer_results_are_rejected(self, sandbox: Sandbox, source: str) -> None:
+        with pytest.raises(ScriptError, match=r"2\^53"):
+            await sandbox.evaluate(source, {})
+
+    async def test_huge_numbers_come_back_as_float(self, sandbox: Sandbox) -> None:
+        assert await sandbox.evaluate("1e21", {}) == 1e21
+        assert type(await sandbox.evaluate("1e21", {})) is float
+
+    @pytest.mark.parametrize("value", [float("nan"), float("inf"), object(), {1, 2}, b"x"])
+    async def test_non_json_bindings_are_rejected(self, sandbox: Sandbox, value: object) -> None:
+        with pytest.raises(ScriptError, match="not JSON"):
+            await sandbox.evaluate("v", {"v": value})  # type: ignore[dict-item]
+
+    async def test_cyclic_binding_is_rejected(self, sandbox: Sandbox) -> None:
+        cyclic: list[Any] = []
+        cyclic.append(cyclic)
+        with pytest.raises(ScriptError, match="not JSON"):
+            await sandbox.evaluate("v", {"v": cyclic})
+
+    @pytest.mark.parametrize("name", ["a-b", "1x", "", "a b", "x;y"])
+    async def test_binding_names_must_be_identifiers(self, sandbox: Sandbox, name: str) -> None:
+        with pytest.raises(ScriptError, match="identifier"):
+            await sandbox.evaluate("1", {name: 1})
+
+    @pytest.mark.parametrize(
+        ("source", "expected"),
+        [
+            ("undefined", None),
+            ("({a: undefined, b: 1})", {"b": 1}),
+            ("[undefined, () => 1, Symbol('s')]", [None, None, None]),
+            ("({f() {}, s: Symbol('s'), [Symbol('k')]: 1})", {}),
+            ("Symbol('top')", None),
+            ("() => 1", None),
+            ("new Date(NaN)", None),
+            ("({d: new Date(NaN)})", {"d": None}),
+            ("new Date(0)", "1970-01-01T00:00:00.000Z"),
+            ("new Map([[1, 2]])", {}),
+            ("new Set([1])", {}),
+            ("new Uint8Array([7])", {"0": 7}),
+            ("({toJSON() { return 'custom' }})", "custom"),
+            ("'a\\ud800b'", "a\ufffdb"),
+            ("'\\udc00\\ud800'", "\ufffd\ufffd"),
+            ("({'\\ud800': '\\\\ud800'})", {"\ufffd": "\\ud800"}),
+            ("'\\ud83d\\ude00'", "😀"),
+            ("-0", 0),
+        ],
+    )
+    async def test_conversion_rules(self, sandbox: Sandbox, source: str, expected: JSON) -> None:
+        assert await sandbox.evaluate(source, {}) == expected
+
+    async def test_lone_surrogate_binding(self, sandbox: Sandbox) -> None:
+        assert await sandbox.evaluate("s + '!'", {"s": "\ud800"}) == "\ufffd!"
+
+    @pytest.mark.parametrize(
+        ("source", "match"),
+        [
+            ("1n", "BigInt"),
+            ("({n: 2n})", "BigInt"),
+            ("NaN", "NaN"),
+            ("[1 / 0]", "Infinity"),
+            ("-Infinity", "Infinity"),
+            ("const a = {}; a.a = a; return a", "cyclic"),
+            ("({get x() { throw new Error('nope') }})", "nope"),
+            ("Promise.resolve(1)", "Promise"),
+            ("(async () => 1)()", "Promise"),
+        ],
+    )
+    async def test_non_json_results_are_errors(
+        self, sandbox: Sandbox, source: str, match: str
+    ) -> None:
+        with pytest.raises(ScriptError, match=match):
+            await sandbox.evaluate(source, {})
+
+    async def test_deeply_nested_result_is_an_error(self, sandbox: Sandbox) -> None:
+        with pytest.raises(ScriptError, match="nested too deeply|recursion"):
+            await sandbox.evaluate(
+                "let a = []; for (let i = 0; i < 5000; i++) a = [a]; return a", {}
+            )
+
+    async def test_output_limit(self, sandbox: Sandbox) -> None:
+        with pytest.raises(SandboxError, match="output limit"):
+            await sandbox.evaluate("'x'.repeat(2 * 1024 * 1024)", {})
+        assert await sandbox.evaluate("'x'.repeat(1000).length", {}) == 1000
+
+    # -- errors ------------------------------------------------------------------------
+
+    async def test_thrown_error_has_name_message_line_column(self, sandbox: Sandbox) -> None:
+        with pytest.raises(ScriptError) as info:
+            await sandbox.evaluate(
+                "const x = 1;\n\n  throw new TypeError('bad ' + x)", {}, name="cms.output"
+            )
+        err = info.value
+        assert err.js_message == "TypeError: bad 1"
+        assert (err.fragment, err.line, err.column) == ("cms.output", 3, 9)
+        assert "cms.output" in str(err)
+
+    async def test_runtime_error_in_expression_has_line(self, sandbox: Sandbox) -> None:
+        with pytest.raises(ScriptError) as info:
+            await sandbox.evaluate("1 +\n  nope", {}, name="cond")
+        assert info.value.js_message == "ReferenceError: nope is not defined"
+        assert (info.value.line, info.value.column) == (2, 3)
+
+    async def test_error_subclass_with_own_name(self, sandbox: Sandbox) -> None:
+        source = (
+            "class MyError extends Error {\n"
+            "  constructor(m) { super(m); this.name = 'MyError'; }\n"
+            "}\n"
+            "throw new MyError('custom')"
+        )
+        with pytest.raises(ScriptError) as info:
+            await sandbox.evaluate(source, {})
+        assert info.value.js_message == "MyError: custom"
+        assert info.value.line == 2  # where the Error was constructed (super)
+
+    @pytest.mark.parametrize(
+        ("source", "message"),
+        [
+            ("throw 5", "uncaught exception: 5"),
+            ("throw 'boom'", "uncaught exception: boom"),
+            ("throw null", "uncaught exception: null"),
+            ("throw undefined", "uncaught exception: undefined"),
+            ("throw Symbol('s')", "uncaught exception: Symbol(s)"),
+            ("throw {message: 'plain'}", "uncaught exception: plain"),
+            ("throw {toString() { return 'evil' }}", "uncaught exception: a non-Error object"),
+            ("throw new Error('\\ud800')", "Error: \ufffd"),
+        ],
+    )
+    async def test_non_error_throws(self, sandbox: Sandbox, source: str, message: str) -> None:
+        with pytest.raises(ScriptError) as info:
+            await sandbox.evaluate(source, {})
+        assert info.value.js_message == message
+        str(info.value).encode("utf-8")
+
+    async def test_long_messages_are_clipped(self, sandbox: Sandbox) -> None:
+        with pytest.raises(ScriptError) as info:
+            await sandbox.evaluate("throw new Error('m'.repeat(100000))", {})
+        assert len(info.value.js_message) < 2100
+
+    # -- compile errors ------------------------------------------------------------------
+
+    @pytest.mark.parametrize(
+        ("source", "line", "column"),
+        [
+            ("a +", 1, 4),
+            ("a.b(", 1, 5),
+            ("let x = 1;\n  x y", 2, 5),
+            ("const a = 1;\nconst b = 2;\nreturn a +* b", 3, 11),
+            ("ok\n)", 2, 1),
+            ("{", 1, 2),
+        ],
+    )
+    async def test_check_reports_position_in_fragment(
+        self, sandbox: Sandbox, source: str, line: int, column: int
+    ) -> None:
+        with pytest.raises(ScriptError) as info:
+            await sandbox.check(source, name="frag")
+        assert info.value.js_message.startswith("SyntaxError: ")
+        assert (info.value.fragment, info.value.line, info.value.column) == ("frag", line, column)
+
+    async def test_evaluate_reports_syntax_errors_like_check(self, sandbox: Sandbox) -> None:
+        with pytest.raises(ScriptError) as info:
+            await sandbox.evaluate("let x = 1;\n  x y", {})
+        assert (info.value.line, info.value.column) == (2, 5)
+
+    @pytest.mark.parametrize("source", ["a.b + 1", "return 1", "const x = 2;\nreturn x"])
+    async def test_check_accepts_valid_fragments(self, sandbox: Sandbox, source: str) -> None:
+        await sandbox.check(source)
+
+    async def test_fragment_cannot_break_out_of_its_wrapper(self, sandbox: Sandbox) -> None:
+        with pytest.raises(ScriptError, match="SyntaxError"):
+            await sandbox.check("}); (function () {")
