@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AsyncExitStack
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -16,6 +18,10 @@ from orchestra.http import TokenCache
 from orchestra.model import ActionCall, FunctionCall, Process, ProcessStep, ResumeStep
 from orchestra.sandbox import Sandbox
 from orchestra.validation import fragments, structural_problems
+
+if TYPE_CHECKING:
+    from orchestra.engine._business import Business, PublishResult, RunInfo
+    from orchestra.stores import RunStatus, Store, Version
 
 __all__ = ["Engine"]
 
@@ -31,6 +37,11 @@ class Engine:
     its own if none is given), ``functions`` and ``actions`` name the Python functions and
     host action kinds processes may call, and ``secrets`` holds the credentials that auth
     settings name. Use it as an async context manager, or call :meth:`aclose`.
+
+    Business processes (:meth:`deploy`, :meth:`publish`, :meth:`start`) keep their state
+    in ``store`` (default: in memory); events wait in its inbox for ``event_ttl`` seconds;
+    a run's context may hold at most ``max_context_bytes`` of JSON. Resume deadlines fire
+    while the engine is open as an async context manager (or on :meth:`fire_due`).
     """
 
     def __init__(
@@ -42,6 +53,9 @@ class Engine:
         functions: Mapping[str, Function] | None = None,
         actions: Mapping[str, Action] | None = None,
         secrets: Mapping[str, str] | None = None,
+        store: Store | None = None,
+        event_ttl: float = 7 * 86400.0,
+        max_context_bytes: int = 1024 * 1024,
     ) -> None:
         self._sandbox = sandbox
         self._own_sandbox = sandbox is None
@@ -53,6 +67,78 @@ class Engine:
         self.secrets: dict[str, str] = dict(secrets or {})
         self._tokens = TokenCache()
         self._validated: dict[int, Process] = {}
+        from orchestra.engine._business import Business
+        from orchestra.stores import InMemoryStore
+
+        self._business: Business = Business(
+            self, store or InMemoryStore(), event_ttl=event_ttl, max_context_bytes=max_context_bytes
+        )
+        self._stack: AsyncExitStack | None = None
+
+    @property
+    def store(self) -> Store:
+        """The store business processes keep their versions, runs and events in."""
+        return self._business.store
+
+    async def deploy(self, process: Process) -> Version:
+        """Validate ``process`` and store it as its newest version; new runs start on it.
+
+        Deploying a definition equal to the latest version is a no-op returning that
+        version. Runs already started stay on the version they started with.
+        """
+        return await self._business.deploy(process)
+
+    async def undeploy(self, name: str) -> bool:
+        """Stop new runs of process ``name``; return False if it was never deployed."""
+        return await self._business.undeploy(name)
+
+    async def versions(self, name: str) -> list[Version]:
+        """Return every stored version of process ``name``, oldest first."""
+        return await self._business.store.list_versions(name)
+
+    async def publish(
+        self,
+        name: str,
+        payload: JSON = None,
+        *,
+        id: str | None = None,
+    ) -> PublishResult:
+        """Publish event ``name``: start the runs it triggers, resume the runs waiting for it.
+
+        ``id`` deduplicates: an event with an id published before does nothing. An event
+        no waiting run matches stays in the inbox (``event_ttl``) for runs that reach their
+        resume step later. Raises :class:`~orchestra.EventError` (with the JSON path) when
+        the payload does not match the event's schema.
+        """
+        return await self._business.publish(name, payload, event_id=id)
+
+    async def start(self, process: str, payload: JSON = None) -> str:
+        """Start a run of the latest deployed version of ``process``; return its id.
+
+        The run goes as far as it can (until it waits, ends or fails) before this returns.
+        """
+        return await self._business.start(process, payload)
+
+    async def run(self, run_id: str) -> RunInfo:
+        """Return a run: status, context, position and history."""
+        return await self._business.run(run_id)
+
+    async def runs(
+        self, process: str | None = None, status: RunStatus | None = None
+    ) -> list[RunInfo]:
+        """Return the runs of ``process`` (of all if ``None``) with ``status``, oldest first."""
+        return await self._business.runs(process, status)
+
+    async def cancel(self, run_id: str) -> bool:
+        """Cancel a run that has not ended; return False if it had already ended."""
+        return await self._business.cancel(run_id)
+
+    async def fire_due(self) -> list[str]:
+        """Time out every waiting run whose deadline has passed; return their ids.
+
+        The engine does this by itself while open as an async context manager.
+        """
+        return await self._business.fire_due()
 
     @property
     def sandbox(self) -> Sandbox:
@@ -184,6 +270,13 @@ class Engine:
             self._sandbox = None
 
     async def __aenter__(self) -> Engine:
+        import anyio
+
+        async with AsyncExitStack() as stack:
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(tg.cancel_scope.cancel)
+            await tg.start(self._business.run_timers)
+            self._stack = stack.pop_all()
         return self
 
     async def __aexit__(
@@ -192,7 +285,12 @@ class Engine:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        stack, self._stack = self._stack, None
+        try:
+            if stack is not None:
+                await stack.aclose()
+        finally:
+            await self.aclose()
 
 
 def _where(exc: ScriptError) -> str:

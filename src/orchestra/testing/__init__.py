@@ -7,7 +7,15 @@ fixtures.
 """
 
 from orchestra.executors import InMemoryExecutor, VirtualClock
+from orchestra.testing._business import BusinessTest
 from orchestra.testing._engine import make_test_engine
 from orchestra.testing._mocks import MockHTTP, MockRoute
 
-__all__ = ["InMemoryExecutor", "MockHTTP", "MockRoute", "VirtualClock", "make_test_engine"]
+__all__ = [
+    "BusinessTest",
+    "InMemoryExecutor",
+    "MockHTTP",
+    "MockRoute",
+    "VirtualClock",
+    "make_test_engine",
+]

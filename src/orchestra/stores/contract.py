@@ -1,0 +1,228 @@
+"""The contract every :class:`~orchestra.stores.Store` must keep, as a reusable test suite.
+
+Subclass :class:`StoreContract` in a pytest module and give it a ``store`` fixture that
+yields a fresh, empty store (and an ``anyio_backend`` fixture)::
+
+    class TestSQLiteStore(StoreContract):
+        @pytest.fixture
+        async def store(self, tmp_path):
+            async with SQLiteStore(tmp_path / "db.sqlite") as s:
+                yield s
+
+Importing this module needs pytest.
+"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from orchestra.errors import ConflictError, RunNotFoundError
+from orchestra.stores._base import (
+    CheckpointRecord,
+    HistoryEntry,
+    InboxEvent,
+    RunRecord,
+    Store,
+    Wait,
+)
+
+__all__ = ["StoreContract"]
+
+pytestmark = pytest.mark.anyio
+
+
+def _run(run_id: str = "r1", **kw: object) -> RunRecord:
+    fields: dict[str, object] = {
+        "id": run_id, "process": "p", "version": 1, "status": "running",
+        "context": '{"trigger": 1}', "created": 1.0, "updated": 1.0,
+    }  # fmt: skip
+    fields.update(kw)
+    return RunRecord(**fields)  # type: ignore[arg-type]
+
+
+def _event(event_id: str, key: str | None = '"k"', **kw: object) -> InboxEvent:
+    fields: dict[str, object] = {
+        "id": event_id, "name": "e", "key": key, "payload": '{"n": 1}',
+        "received": 10.0, "expires": 100.0,
+    }  # fmt: skip
+    fields.update(kw)
+    return InboxEvent(**fields)  # type: ignore[arg-type]
+
+
+class StoreContract:
+    """Tests of the :class:`Store` contract; subclasses provide the ``store`` fixture."""
+
+    @pytest.mark.anyio
+    async def test_versions_number_and_dedupe(self, store: Store) -> None:
+        """Versions count up per name; the same definition again is a no-op."""
+        v1 = await store.put_version("p", "d1", '{"a": 1}', now=1.0)
+        assert (v1.name, v1.seq, v1.digest, v1.definition, v1.deployed) == (
+            "p",
+            1,
+            "d1",
+            '{"a": 1}',
+            True,
+        )
+        assert await store.put_version("p", "d1", '{"a": 1}', now=2.0) == v1
+        v2 = await store.put_version("p", "d2", '{"a": 2}', now=3.0)
+        assert v2.seq == 2
+        q1 = await store.put_version("q", "d1", '{"a": 1}', now=3.0)
+        assert q1.seq == 1
+        assert await store.get_version("p") == v2
+        assert await store.get_version("p", 1) == v1
+        assert await store.get_version("p", 3) is None
+        assert await store.get_version("nope") is None
+        assert [v.seq for v in await store.list_versions("p")] == [1, 2]
+        assert [(v.name, v.seq) for v in await store.list_versions()] == [
+            ("p", 1),
+            ("p", 2),
+            ("q", 1),
+        ]
+
+    @pytest.mark.anyio
+    async def test_undeploy_and_redeploy(self, store: Store) -> None:
+        """Undeploying flags every version; putting the same definition again redeploys."""
+        assert await store.set_deployed("p", False) is False
+        await store.put_version("p", "d1", "{}", now=1.0)
+        assert await store.set_deployed("p", False) is True
+        assert all(not v.deployed for v in await store.list_versions("p"))
+        again = await store.put_version("p", "d1", "{}", now=2.0)
+        assert again.seq == 1
+        assert again.deployed
+        v = await store.get_version("p")
+        assert v is not None
+        assert v.deployed
+
+    @pytest.mark.anyio
+    async def test_runs(self, store: Store) -> None:
+        """Runs are created once, read back, replaced and listed with filters."""
+        await store.create_run(_run("r1"))
+        await store.create_run(_run("r2", process="q", status="waiting", created=2.0))
+        with pytest.raises(ConflictError):
+            await store.create_run(_run("r1"))
+        with pytest.raises(RunNotFoundError):
+            await store.get_run("nope")
+        with pytest.raises(RunNotFoundError):
+            await store.update_run(_run("nope"))
+        changed = _run(
+            "r1", status="failed", error="boom", position=2, context='{"x": [1]}', updated=5.0
+        )
+        await store.update_run(changed)
+        assert await store.get_run("r1") == changed
+        assert [r.id for r in await store.list_runs()] == ["r1", "r2"]
+        assert [r.id for r in await store.list_runs(process="q")] == ["r2"]
+        assert [r.id for r in await store.list_runs(status="failed")] == ["r1"]
+        assert await store.list_runs(process="p", status="waiting") == []
+
+    @pytest.mark.anyio
+    async def test_leases(self, store: Store) -> None:
+        """A lease is exclusive until it expires; its holder may renew it."""
+        await store.create_run(_run("r1"))
+        assert await store.claim_run("r1", "w1", until=10.0, now=1.0)
+        assert not await store.claim_run("r1", "w2", until=10.0, now=5.0)
+        assert await store.claim_run("r1", "w1", until=20.0, now=5.0)
+        assert not await store.claim_run("r1", "w2", until=30.0, now=19.0)
+        assert await store.claim_run("r1", "w2", until=30.0, now=20.0)
+        run = await store.get_run("r1")
+        assert (run.owner, run.lease_expires) == ("w2", 30.0)
+        with pytest.raises(RunNotFoundError):
+            await store.claim_run("nope", "w1", until=1.0, now=0.0)
+
+    @pytest.mark.anyio
+    async def test_checkpoints(self, store: Store) -> None:
+        """Checkpoints come back per step in write order, replaced per processor, deletable."""
+        for proc, out in (("a", "1"), ("b", "2"), ("a", "3")):
+            await store.put_checkpoint(
+                CheckpointRecord(run_id="r1", step="s", processor=proc, output=out, trace="{}")
+            )
+        await store.put_checkpoint(
+            CheckpointRecord(run_id="r1", step="t", processor="c", output="4", trace="{}")
+        )
+        await store.put_checkpoint(
+            CheckpointRecord(run_id="r2", step="s", processor="a", output="5", trace="{}")
+        )
+        got = await store.checkpoints("r1", "s")
+        assert sorted((c.processor, c.output) for c in got) == [("a", "3"), ("b", "2")]
+        await store.delete_checkpoints("r1", "s")
+        assert await store.checkpoints("r1", "s") == []
+        assert len(await store.checkpoints("r1", "t")) == 1
+        await store.delete_checkpoints("r1")
+        assert await store.checkpoints("r1", "t") == []
+        assert len(await store.checkpoints("r2", "s")) == 1
+
+    @pytest.mark.anyio
+    async def test_waits(self, store: Store) -> None:
+        """Waits are found by (event, key) and by deadline; deleting one claims it once."""
+        await store.put_wait(Wait(run_id="r1", step="w", event="e", key='"a"', deadline=50.0))
+        await store.put_wait(Wait(run_id="r2", step="w", event="e", key='"a"', deadline=20.0))
+        await store.put_wait(Wait(run_id="r3", step="w", event="e", key='"b"'))
+        await store.put_wait(Wait(run_id="r4", step="w", event="f", key='"a"', deadline=10.0))
+        assert sorted(w.run_id for w in await store.find_waits("e", '"a"')) == ["r1", "r2"]
+        assert await store.find_waits("e", '"c"') == []
+        assert [w.run_id for w in await store.due_waits(20.0)] == ["r4", "r2"]
+        assert len(await store.list_waits()) == 4
+        # Replacing a run's wait moves it.
+        await store.put_wait(Wait(run_id="r1", step="w2", event="e", key='"b"'))
+        assert [w.run_id for w in await store.find_waits("e", '"a"')] == ["r2"]
+        assert sorted(w.run_id for w in await store.find_waits("e", '"b"')) == ["r1", "r3"]
+        results = []
+
+        async def claim() -> None:
+            results.append(await store.delete_wait("r2"))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(claim)
+        assert [w.run_id for w in results if w is not None] == ["r2"]
+        assert await store.find_waits("e", '"a"') == []
+        assert await store.delete_wait("nope") is None
+
+    @pytest.mark.anyio
+    async def test_inbox(self, store: Store) -> None:
+        """Events dedupe by id; the oldest unconsumed unexpired matching one is taken once."""
+        assert await store.add_event(_event("e1", received=1.0))
+        assert await store.add_event(_event("e2", received=2.0))
+        assert await store.add_event(_event("e3", key='"other"'))
+        assert not await store.add_event(_event("e1", key='"z"'))
+        taken = await store.take_event("e", '"k"', now=5.0)
+        assert taken is not None
+        assert (taken.id, taken.consumed, taken.payload) == ("e1", True, '{"n": 1}')
+        again = await store.take_event("e", '"k"', now=5.0)
+        assert again is not None
+        assert again.id == "e2"
+        assert await store.take_event("e", '"k"', now=5.0) is None
+        assert await store.take_event("x", '"other"', now=5.0) is None
+        # A consumed event still dedupes.
+        assert not await store.add_event(_event("e1"))
+        # Expired events are not taken, and purge forgets them.
+        assert await store.add_event(_event("e4", key='"late"', expires=10.0))
+        assert await store.take_event("e", '"late"', now=10.0) is None
+        assert await store.add_event(_event("e5", key=None))
+        assert await store.purge_events(100.0) == 5
+        assert await store.add_event(_event("e1"))
+
+    @pytest.mark.anyio
+    async def test_consumed_event_is_not_taken(self, store: Store) -> None:
+        """An event stored already consumed only serves deduplication."""
+        assert await store.add_event(_event("e1", consumed=True))
+        assert await store.take_event("e", '"k"', now=1.0) is None
+        assert not await store.add_event(_event("e1"))
+
+    @pytest.mark.anyio
+    async def test_history(self, store: Store) -> None:
+        """History entries are numbered per run and come back in order."""
+        first = await store.append_history(HistoryEntry(run_id="r1", kind="run_started", at=1.0))
+        assert first.seq == 1
+        await store.append_history(HistoryEntry(run_id="r2", kind="run_started", at=1.0))
+        second = await store.append_history(
+            HistoryEntry(run_id="r1", kind="step_failed", at=2.0, step="s", detail='"boom"')
+        )
+        assert second.seq == 2
+        assert await store.history("r1") == [first, second]
+        assert await store.history("nope") == []
+
+    @pytest.mark.anyio
+    async def test_context_manager(self, store: Store) -> None:
+        """A store is an async context manager."""
+        assert await store.__aenter__() is store
