@@ -4,7 +4,11 @@ Mount it in any ASGI server or framework::
 
     app = orchestra.asgi.App(engine, [process])
 
-Answers: 200 with the payload; 400 when the request body is not JSON; 404 when no
+Webhook endpoints publish events (``webhooks={"/hooks/po": WebhookEndpoint(event=...)}``):
+``POST`` only; 202 with the started and resumed run ids, 400 for a payload that does not
+match the event's schema (naming the JSON path), 401 for a bad or stale signature.
+
+Payload routes answer: 200 with the payload; 400 when the request body is not JSON; 404 when no
 route matches; 405 when the path matches under another method; 413 over the body
 limit; 502 when an upstream API failed; 504 when one timed out; 500 for other run
 failures. Error bodies are ``{"error": {"type": ..., "message": ..., ...}}``.
@@ -15,16 +19,17 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from orchestra._json import JSON
 from orchestra.engine import Engine, Request
+from orchestra.engine._webhooks import WebhookEndpoint, handle_webhook, sign_webhook
 from orchestra.errors import HttpError, OrchestraError, StepError, StepTimeoutError
 from orchestra.model import Process, RequestTrigger
 
-__all__ = ["App"]
+__all__ = ["App", "WebhookEndpoint", "sign_webhook"]
 
 log = logging.getLogger("orchestra.asgi")
 
@@ -48,6 +53,7 @@ def _compile(template: str) -> re.Pattern[str]:
 class App:
     """Serves every process whose trigger is a :class:`~orchestra.RequestTrigger`.
 
+    ``webhooks`` maps paths to the :class:`WebhookEndpoint` publishing each event.
     ``max_body`` bounds the request body in bytes. ``include_trace`` adds a
     ``Server-Timing`` header with each processor's duration.
     """
@@ -55,14 +61,16 @@ class App:
     def __init__(
         self,
         engine: Engine,
-        processes: Iterable[Process],
+        processes: Iterable[Process] = (),
         *,
+        webhooks: Mapping[str, WebhookEndpoint] | None = None,
         max_body: int = 1024 * 1024,
         include_trace: bool = False,
     ) -> None:
         self.engine = engine
         self.max_body = max_body
         self.include_trace = include_trace
+        self.webhooks = dict(webhooks or {})
         self._routes: list[tuple[str, re.Pattern[str], Process]] = []
         for p in processes:
             if isinstance(p.trigger, RequestTrigger):
@@ -77,6 +85,9 @@ class App:
             return
         path = scope["path"]
         method = scope["method"]
+        if path in self.webhooks:
+            await self._webhook(scope, receive, send, self.webhooks[path])
+            return
         found = None
         allowed = []
         for m, pattern, process in self._routes:
@@ -129,6 +140,23 @@ class App:
             timing = ", ".join(f"{t.processor};dur={t.duration * 1000:.1f}" for t in result.trace)
             extra.append((b"server-timing", timing.encode()))
         await _reply(send, 200, result.payload, extra)
+
+    async def _webhook(
+        self, scope: Scope, receive: Receive, send: Send, endpoint: WebhookEndpoint
+    ) -> None:
+        if scope["method"] != "POST":
+            await _reply(send, 405, _error("MethodNotAllowed", "use POST"), [(b"allow", b"POST")])
+            return
+        try:
+            raw = await _read_body(receive, self.max_body)
+        except _BodyTooLargeError:
+            await _reply(
+                send, 413, _error("PayloadTooLarge", f"the body is over {self.max_body} bytes")
+            )
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        status, body = await handle_webhook(self.engine, endpoint, headers, raw)
+        await _reply(send, status, body)
 
 
 def _status(exc: OrchestraError) -> int:

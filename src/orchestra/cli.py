@@ -1,4 +1,4 @@
-"""The ``orchestra`` command line: validate, run, graph, schema, serve.
+"""The ``orchestra`` command line: validate, run, test, graph, schema, serve.
 
 Exit codes: 0 success, 1 the run failed, 2 the definition or the usage is invalid.
 """
@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--input", default="null", help="JSON text, or @path to a JSON file")
     p.add_argument("--mocks", help="a JSON file of HTTP mocks (see orchestra.testing.MockHTTP)")
     p.add_argument("--trace", action="store_true", help="also print a table of processors")
+    p = sub.add_parser("test", help="run a business process in memory with a sample payload")
+    p.add_argument("file")
+    p.add_argument("--payload", required=True, help="the start payload: JSON or @path")
+    p.add_argument("--events", help="a JSON file of events to publish in order")
+    p.add_argument("--mocks", help="a JSON file of HTTP mocks")
     p = sub.add_parser("graph", help="print a Mermaid flowchart of a process")
     p.add_argument("file")
     sub.add_parser("schema", help="print the JSON Schema of the process format")
@@ -145,10 +150,24 @@ def trace_table(result: Result) -> str:
     )
 
 
-def _graph(args: argparse.Namespace) -> int:
-    from orchestra.graph import mermaid
+def _test(args: argparse.Namespace) -> int:
+    from orchestra._cli_test import run_test
 
-    print(mermaid(load(args.file)), end="")
+    process = load(args.file)
+    payload = _read_input(args.payload)
+    events = _read_input("@" + args.events) if args.events else None
+    run = anyio.run(
+        lambda: run_test(
+            process, payload, events=events, events_source=args.events or "", mocks=args.mocks
+        )
+    )
+    return EXIT_FAILED if run.status == "failed" else EXIT_OK
+
+
+def _graph(args: argparse.Namespace) -> int:
+    from orchestra.graph import draw
+
+    print(draw(load(args.file)), end="")
     return EXIT_OK
 
 
@@ -175,6 +194,7 @@ def _serve(args: argparse.Namespace) -> int:
 _COMMANDS = {
     "validate": _validate,
     "run": _run,
+    "test": _test,
     "graph": _graph,
     "schema": _schema,
     "serve": _serve,

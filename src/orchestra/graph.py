@@ -1,12 +1,27 @@
-"""Mermaid flowcharts of processes."""
+"""Mermaid flowcharts of processes, and of one run of a business process.
+
+:func:`mermaid` draws the processors of a payload process and their dependencies;
+:func:`business_mermaid` draws the steps of a business process (conditions, waits,
+deadlines); :func:`run_mermaid` colours one run's steps by status; :func:`draw` picks
+the drawing that fits the process.
+"""
 
 from __future__ import annotations
 
 import re
 
-from orchestra.model import Process, ProcessStep, ResumeStep
+from orchestra._graph_business import business_mermaid, run_mermaid
+from orchestra.model import Event, Process, ProcessStep, ResumeStep
 
-__all__ = ["mermaid"]
+__all__ = ["business_mermaid", "draw", "mermaid", "run_mermaid"]
+
+
+def draw(process: Process) -> str:
+    """Return :func:`business_mermaid` for a business process, else :func:`mermaid`."""
+    business = isinstance(process.trigger, Event) or any(
+        isinstance(s, ResumeStep) for s in process.steps
+    )
+    return business_mermaid(process) if business else mermaid(process)
 
 
 def _id(*parts: str) -> str:

@@ -192,3 +192,56 @@ def test_behind_uvicorn(server: str) -> None:
     assert r.status_code == 200
     assert json.loads(r.text) == {"title": "Served", "q": None}
     assert httpx.get(f"{server}/missing").status_code == 404
+
+
+class TestWebhooks:
+    @pytest.fixture(name="hooks")
+    async def _hooks(self) -> httpx.AsyncClient:
+        from orchestra.asgi import WebhookEndpoint
+
+        engine = make_test_engine(functions={"echo": lambda x: x})
+        await engine.deploy(o.Process(
+            name="onboard",
+            trigger=o.Event(name="user.created", schema={
+                "type": "object", "required": ["user"],
+                "properties": {"user": {"type": "object", "required": ["id"],
+                                        "properties": {"id": {"type": "integer"}}}},
+            }),
+            steps=(o.ProcessStep(name="greet", processors=(
+                o.Processor(name="f", call=o.FunctionCall(name="echo"), input="trigger.user.id"),)),),
+        ))
+        app = App(engine, webhooks={
+            "/hooks/open": WebhookEndpoint(event="user.created"),
+            "/hooks/signed": WebhookEndpoint(event="user.created", secret="s3cret"),
+        })
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app")
+
+    async def test_starts_a_run(self, hooks: httpx.AsyncClient) -> None:
+        """A valid webhook answers 202 with the started run id."""
+        r = await hooks.post("/hooks/open", json={"user": {"id": 7}})
+        assert r.status_code == 202
+        assert len(r.json()["started"]) == 1
+
+    async def test_schema_violation(self, hooks: httpx.AsyncClient) -> None:
+        """A payload that breaks the event's schema answers 400 naming the JSON path."""
+        r = await hooks.post("/hooks/open", json={"user": {"id": "seven"}})
+        assert r.status_code == 400
+        assert r.json()["path"] == "$.user.id"
+
+    async def test_signature(self, hooks: httpx.AsyncClient) -> None:
+        """A signed endpoint refuses unsigned and wrongly signed requests, accepts a good one."""
+        from orchestra.asgi import sign_webhook
+
+        body = json.dumps({"user": {"id": 1}}).encode()
+        assert (await hooks.post("/hooks/signed", content=body)).status_code == 401
+        now = 1_700_000_000.0  # the test engine's virtual clock
+        bad = sign_webhook("wrong", body, now)
+        assert (await hooks.post("/hooks/signed", content=body, headers=bad)).status_code == 401
+        stale = sign_webhook("s3cret", body, now - 3600)
+        assert (await hooks.post("/hooks/signed", content=body, headers=stale)).status_code == 401
+        good = sign_webhook("s3cret", body, now)
+        assert (await hooks.post("/hooks/signed", content=body, headers=good)).status_code == 202
+
+    async def test_post_only(self, hooks: httpx.AsyncClient) -> None:
+        """A webhook path answers 405 to other methods."""
+        assert (await hooks.get("/hooks/open")).status_code == 405

@@ -64,7 +64,7 @@ class Engine:
         self._own_client = client is None
         self.functions: dict[str, Function] = dict(functions or {})
         self.actions: dict[str, Action] = dict(actions or {})
-        self.secrets: dict[str, str] = dict(secrets or {})
+        self.secrets: Mapping[str, str] = secrets if secrets is not None else {}
         self._tokens = TokenCache()
         self._validated: dict[int, Process] = {}
         from orchestra.engine._business import Business

@@ -16,6 +16,8 @@ from orchestra._json import JSON
 from orchestra.errors import HttpError, StepTimeoutError
 from orchestra.executors import Executor
 from orchestra.http._auth import TokenCache, auth_headers
+from orchestra.http._client import EngineClient
+from orchestra.http._transport import FastTransport, fetch
 from orchestra.model import HttpCall, OAuth2ClientCredentials
 
 __all__ = ["HttpResult", "RequestParts", "perform"]
@@ -86,6 +88,7 @@ async def perform(
         content = json.dumps(parts.body, ensure_ascii=False).encode()
         headers.setdefault("Content-Type", "application/json")
     retryable_method = call.retry.allows(call.method)
+    short = client.short_path() if isinstance(client, EngineClient) else None
     stale: str | None = None
     refreshed = False
     attempt = 0
@@ -96,18 +99,25 @@ async def perform(
                 call.auth, client=client, secrets=secrets, executor=executor, stale=stale
             )
             headers["Authorization"] = f"Bearer {token}"
-        request = client.build_request(
-            call.method,
-            url,
-            headers=headers,
-            params=query,
-            content=content,
-            timeout=call.timeout,
-        )
         delay: float | None = None
         try:
             async with executor.fail_after(call.timeout):
-                status, resp_headers, body = await _send(client, request, call.max_response_bytes)
+                if short is not None:
+                    status, resp_headers, body = await _send_short(
+                        client, short, call, url, query=query, headers=headers, content=content
+                    )
+                else:
+                    request = client.build_request(
+                        call.method,
+                        url,
+                        headers=headers,
+                        params=query,
+                        content=content,
+                        timeout=call.timeout,
+                    )
+                    status, resp_headers, body = await _send(
+                        client, request, call.max_response_bytes
+                    )
         except (TimeoutError, httpx.TimeoutException) as exc:
             if attempt < call.retry.attempts and retryable_method:
                 await executor.sleep(_backoff(call, attempt, executor))
@@ -137,6 +147,29 @@ async def perform(
                 msg, status=status, url=url, retryable=status in _RETRY_STATUS, attempts=attempt
             )
         return HttpResult(status=status, body=body, headers=resp_headers, attempts=attempt)
+
+
+async def _send_short(
+    client: httpx.AsyncClient,
+    transport: FastTransport,
+    call: HttpCall,
+    url: str,
+    *,
+    query: Mapping[str, Any],
+    headers: Mapping[str, str],
+    content: bytes | None,
+) -> tuple[int, dict[str, str], JSON]:
+    """Send on the engine's own client without httpx request and response objects."""
+    limit = call.max_response_bytes
+    try:
+        status, resp_headers, raw = await fetch(
+            transport, call.method, url, query=query, headers=headers, body=content,
+            timeout=call.timeout, limit=limit, follow_redirects=client.follow_redirects,
+            max_redirects=client.max_redirects,
+        )  # fmt: skip
+    except ValueError as exc:  # over the size limit
+        raise HttpError(str(exc), url=url) from None
+    return status, resp_headers, _decode(raw, resp_headers.get("content-type", ""))
 
 
 async def _send(
