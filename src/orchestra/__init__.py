@@ -43,7 +43,16 @@ from orchestra.model import (
 
 if TYPE_CHECKING:
     from orchestra._load import load
-    from orchestra.engine import Action, ActionContext, Engine, ProcessorTrace, Request, Result
+    from orchestra.engine import (
+        Action,
+        ActionContext,
+        Engine,
+        ProcessorTrace,
+        PublishResult,
+        Request,
+        Result,
+        RunInfo,
+    )
 
 # The engine pulls in httpx and anyio; load it on first use so `import orchestra` is cheap.
 _LAZY = {
@@ -52,8 +61,10 @@ _LAZY = {
     "ActionContext": "orchestra.engine",
     "Engine": "orchestra.engine",
     "ProcessorTrace": "orchestra.engine",
+    "PublishResult": "orchestra.engine",
     "Request": "orchestra.engine",
     "Result": "orchestra.engine",
+    "RunInfo": "orchestra.engine",
 }
 
 
@@ -102,12 +113,14 @@ __all__ = [
     "ProcessStep",
     "Processor",
     "ProcessorTrace",
+    "PublishResult",
     "Request",
     "RequestTrigger",
     "Result",
     "ResumeStep",
     "Retry",
     "RunFailedError",
+    "RunInfo",
     "RunNotFoundError",
     "SandboxError",
     "ScriptError",
