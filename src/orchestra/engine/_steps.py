@@ -124,7 +124,7 @@ class StepRunner:
         for name in outputs:
             finished[name].set()
         traces: list[ProcessorTrace] = []
-        failure: list[StepError] = []
+        failure: list[Exception] = []
 
         async def one(p: Processor) -> None:
             for need in p.needs:
@@ -133,6 +133,10 @@ class StepRunner:
                 trace, output = await self._processor(step, p)
             except StepError as exc:
                 failure.append(exc.located(process=self.process, step=step.name, processor=p.name))
+                tg.cancel_scope.cancel()
+                return
+            except Exception as exc:  # noqa: BLE001 - re-raised below, outside the group
+                failure.append(exc)
                 tg.cancel_scope.cancel()
                 return
             outputs[p.name] = output
@@ -210,13 +214,13 @@ class StepRunner:
         results: list[JSON] = [None] * len(items)
         total = _Outcome()
         limiter = anyio.CapacityLimiter(p.concurrency)
-        failure: list[StepError] = []
+        failure: list[Exception] = []
 
         async def run(i: int, item: JSON) -> None:
             async with limiter:
                 try:
                     o = await self._item(step, p, {**b, "item": item, "index": i})
-                except StepError as exc:
+                except Exception as exc:  # noqa: BLE001 - re-raised below, outside the group
                     failure.append(exc)
                     tg.cancel_scope.cancel()
                     return
@@ -263,6 +267,8 @@ class StepRunner:
                     output = await self._function(call, b["input"])
                 else:
                     output = await self._custom(step, p, call, b["input"])
+        except StepError:
+            raise
         except TimeoutError as exc:
             msg = f"{call.type} {_label(call)} timed out after {call.timeout:g} s"
             raise StepTimeoutError(msg) from exc

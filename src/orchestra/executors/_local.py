@@ -30,8 +30,8 @@ class LocalExecutor(Executor):
         return time.time()
 
     async def sleep(self, seconds: float) -> None:
-        """Sleep for real."""
-        await anyio.sleep(seconds)
+        """Sleep for real (zero or less only yields)."""
+        await anyio.sleep(max(0.0, seconds))
 
     def fail_after(self, seconds: float | None) -> AbstractAsyncContextManager[None]:
         """Return an ``anyio.fail_after`` scope (or no deadline for ``None``)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import email.utils
 import json
 import re
@@ -198,7 +199,7 @@ async def _send(
 def _decode(raw: bytes, content_type: str) -> JSON:
     if not raw:
         return None
-    text = raw.decode("utf-8", errors="replace")
+    text = raw.decode(_charset(content_type), errors="replace")
     if "json" in content_type or (not content_type and text[:1] in "{["):
         try:
             value: JSON = json.loads(text)
@@ -206,6 +207,20 @@ def _decode(raw: bytes, content_type: str) -> JSON:
             return text
         return value
     return text
+
+
+def _charset(content_type: str) -> str:
+    """Return the charset named in a Content-Type header, UTF-8 when absent or unknown."""
+    for part in content_type.split(";")[1:]:
+        key, _, value = part.strip().partition("=")
+        if key.lower() == "charset" and value:
+            name = value.strip('"').strip()
+            try:
+                codecs.lookup(name)
+            except LookupError:
+                return "utf-8"
+            return name
+    return "utf-8"
 
 
 def _header(v: JSON) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import types
-from typing import Any, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 import attrs
 import cattrs
@@ -130,6 +130,20 @@ def _make_converter() -> cattrs.Converter:
     c.register_structure_hook(float, structure_number)
     c.register_structure_hook(bool, structure_bool)
 
+    def structure_literal(v: Any, t: Any) -> Any:
+        # ``type(x) is type(v)``: JSON true is not 1, nor 1 true.
+        if not any(v == x and type(x) is type(v) for x in get_args(t)):
+            choices = ", ".join(repr(x) for x in get_args(t))
+            msg = f"must be one of {choices}, got {v!r}"
+            raise ValueError(msg)
+        return v
+
+    def is_literal(t: Any) -> bool:
+        origin: Any = get_origin(t)
+        return origin is Literal
+
+    c.register_structure_hook_func(is_literal, structure_literal)
+
     def structure_tuple(v: Any, t: Any) -> tuple[Any, ...]:
         if not isinstance(v, list):
             msg = f"expected an array, got {type(v).__name__}"
@@ -194,7 +208,8 @@ def _tagged(
             cls = by_tag[tag]
         else:
             choices = ", ".join(repr(t) for t in by_tag)
-            msg = f"'type' of a {kind} must be one of {choices}, got {tag!r}"
+            article = "an" if kind[0] in "aeiou" else "a"
+            msg = f"'type' of {article} {kind} must be one of {choices}, got {tag!r}"
             raise ValueError(msg)
         return c.structure(v, cls)
 
@@ -238,7 +253,8 @@ def process_from_dict(data: object, *, source: str | None = None) -> Process:
         raise DefinitionError([Problem("$", "a process must be a JSON object")], source=source)
     data = dict(data)
     version = data.pop("schema_version", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION:
+    # JSON ``true`` and ``1.0`` equal 1 in Python, but they are not versions.
+    if type(version) is not int or version != SCHEMA_VERSION:
         problem = Problem(
             "$.schema_version",
             f"unsupported version {version!r}; this orchestra reads {SCHEMA_VERSION}",
@@ -263,6 +279,12 @@ def process_from_json(text: str | bytes, *, source: str | None = None) -> Proces
         raise DefinitionError(
             [Problem("$", f"not JSON ({where}): {exc.msg}")], source=source
         ) from None
+    except UnicodeDecodeError as exc:
+        problem = Problem("$", f"not UTF-8 text (byte {exc.start}): {exc.reason}")
+        raise DefinitionError([problem], source=source) from None
+    except RecursionError:
+        problem = Problem("$", "the JSON is nested too deeply")
+        raise DefinitionError([problem], source=source) from None
     return process_from_dict(data, source=source)
 
 

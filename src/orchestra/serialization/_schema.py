@@ -9,7 +9,12 @@ import attrs
 
 from orchestra._json import JSON
 from orchestra.model import Process
-from orchestra.serialization._converter import SCHEMA_VERSION, TAGGED_UNIONS, is_json_type
+from orchestra.serialization._converter import (
+    _DEFAULT_TAG,
+    SCHEMA_VERSION,
+    TAGGED_UNIONS,
+    is_json_type,
+)
 
 __all__ = ["json_schema"]
 
@@ -76,6 +81,18 @@ def _type_schema(t: Any, defs: dict[str, JSON]) -> dict[str, JSON]:
     if origin is dict:
         return {"type": "object", "additionalProperties": _type_schema(args[1], defs)}
     if origin in (Union, types.UnionType):
-        return {"anyOf": [_type_schema(a, defs) for a in args]}
+        kind = _UNION_OF.get(frozenset(args) - {type(None)})
+        if kind is None:
+            return {"anyOf": [_type_schema(a, defs) for a in args]}
+        # As the loader reads it: only the default member may leave out its "type".
+        default = TAGGED_UNIONS[kind][0] if _DEFAULT_TAG[kind] else None
+        return {
+            "anyOf": [
+                {**_type_schema(a, defs), "required": ["type"]}
+                if attrs.has(a) and a is not default
+                else _type_schema(a, defs)
+                for a in args
+            ]
+        }
     msg = f"no JSON Schema for {t!r}"
     raise TypeError(msg)
