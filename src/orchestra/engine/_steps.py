@@ -135,7 +135,7 @@ class StepRunner:
                 failure.append(exc.located(process=self.process, step=step.name, processor=p.name))
                 tg.cancel_scope.cancel()
                 return
-            except Exception as exc:  # noqa: BLE001 - re-raised below, outside the group
+            except Exception as exc:  # re-raised below, outside the task group
                 failure.append(exc)
                 tg.cancel_scope.cancel()
                 return
@@ -220,7 +220,7 @@ class StepRunner:
             async with limiter:
                 try:
                     o = await self._item(step, p, {**b, "item": item, "index": i})
-                except Exception as exc:  # noqa: BLE001 - re-raised below, outside the group
+                except Exception as exc:  # re-raised below, outside the task group
                     failure.append(exc)
                     tg.cancel_scope.cancel()
                     return
