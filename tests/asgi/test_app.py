@@ -200,20 +200,42 @@ class TestWebhooks:
         from orchestra.asgi import WebhookEndpoint
 
         engine = make_test_engine(functions={"echo": lambda x: x})
-        await engine.deploy(o.Process(
-            name="onboard",
-            trigger=o.Event(name="user.created", schema={
-                "type": "object", "required": ["user"],
-                "properties": {"user": {"type": "object", "required": ["id"],
-                                        "properties": {"id": {"type": "integer"}}}},
-            }),
-            steps=(o.ProcessStep(name="greet", processors=(
-                o.Processor(name="f", call=o.FunctionCall(name="echo"), input="trigger.user.id"),)),),
-        ))
-        app = App(engine, webhooks={
-            "/hooks/open": WebhookEndpoint(event="user.created"),
-            "/hooks/signed": WebhookEndpoint(event="user.created", secret="s3cret"),
-        })
+        await engine.deploy(
+            o.Process(
+                name="onboard",
+                trigger=o.Event(
+                    name="user.created",
+                    schema={
+                        "type": "object",
+                        "required": ["user"],
+                        "properties": {
+                            "user": {
+                                "type": "object",
+                                "required": ["id"],
+                                "properties": {"id": {"type": "integer"}},
+                            }
+                        },
+                    },
+                ),
+                steps=(
+                    o.ProcessStep(
+                        name="greet",
+                        processors=(
+                            o.Processor(
+                                name="f", call=o.FunctionCall(name="echo"), input="trigger.user.id"
+                            ),
+                        ),
+                    ),
+                ),
+            )
+        )
+        app = App(
+            engine,
+            webhooks={
+                "/hooks/open": WebhookEndpoint(event="user.created"),
+                "/hooks/signed": WebhookEndpoint(event="user.created", secret="s3cret"),
+            },
+        )
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app")
 
     async def test_starts_a_run(self, hooks: httpx.AsyncClient) -> None:

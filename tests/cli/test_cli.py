@@ -170,20 +170,44 @@ PO = Path(__file__).parents[2] / "examples" / "po-confirmation-triage"
 class TestBusinessCommands:
     def test_test_happy_path(self, capsys: pytest.CaptureFixture[str]) -> None:
         """`test` runs the PO example with its sample payload and events, printing each step."""
-        code = main(["test", str(PO / "process.json"), "--payload", "@" + str(PO / "sample.json"),
-                     "--events", str(PO / "events.json"), "--mocks", str(PO / "mocks.json")])
+        code = main(
+            [
+                "test",
+                str(PO / "process.json"),
+                "--payload",
+                "@" + str(PO / "sample.json"),
+                "--events",
+                str(PO / "events.json"),
+                "--mocks",
+                str(PO / "mocks.json"),
+            ]
+        )
         out = capsys.readouterr().out
         assert code == 0
         assert "completed" in out.splitlines()[1]
         rows = {line.split()[0]: line.split()[1] for line in out.splitlines()[3:]}
-        assert rows == {"send_form": "completed", "wait_for_supplier": "resumed",
-                        "write_back": "completed", "escalate": "skipped"}
+        assert rows == {
+            "send_form": "completed",
+            "wait_for_supplier": "resumed",
+            "write_back": "completed",
+            "escalate": "skipped",
+        }
 
     def test_test_timeout_path(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """An advance entry moves the virtual clock past the deadline: the escalation runs."""
         (tmp_path / "ev.json").write_text(json.dumps([{"advance": "P6D"}]))
-        code = main(["test", str(PO / "process.json"), "--payload", "@" + str(PO / "sample.json"),
-                     "--events", str(tmp_path / "ev.json"), "--mocks", str(PO / "mocks.json")])
+        code = main(
+            [
+                "test",
+                str(PO / "process.json"),
+                "--payload",
+                "@" + str(PO / "sample.json"),
+                "--events",
+                str(tmp_path / "ev.json"),
+                "--mocks",
+                str(PO / "mocks.json"),
+            ]
+        )
         out = capsys.readouterr().out
         assert code == 0
         assert "timed_out" in out and "+5.0d" in out
@@ -191,8 +215,16 @@ class TestBusinessCommands:
     def test_test_bad_events(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """A malformed events file exits 2 with paths."""
         (tmp_path / "ev.json").write_text(json.dumps([{"payload": 1, "extra": 2}]))
-        code = main(["test", str(PO / "process.json"), "--payload", "@" + str(PO / "sample.json"),
-                     "--events", str(tmp_path / "ev.json")])
+        code = main(
+            [
+                "test",
+                str(PO / "process.json"),
+                "--payload",
+                "@" + str(PO / "sample.json"),
+                "--events",
+                str(tmp_path / "ev.json"),
+            ]
+        )
         err = capsys.readouterr().err
         assert code == 2
         assert "$[0].name" in err and "$[0].extra" in err
