@@ -1,5 +1,7 @@
 """Stores: where business processes keep versions, runs, checkpoints, waits, events, history."""
 
+from typing import TYPE_CHECKING, Any
+
 from orchestra.stores._base import (
     CheckpointRecord,
     HistoryEntry,
@@ -12,6 +14,11 @@ from orchestra.stores._base import (
     Wait,
 )
 from orchestra.stores._memory import InMemoryStore
+from orchestra.stores._open import open_store
+
+if TYPE_CHECKING:
+    from orchestra.stores._postgres import PostgresStore
+    from orchestra.stores._sqlite import SQLiteStore
 
 __all__ = [
     "CheckpointRecord",
@@ -19,9 +26,26 @@ __all__ = [
     "HistoryKind",
     "InMemoryStore",
     "InboxEvent",
+    "PostgresStore",
     "RunRecord",
     "RunStatus",
+    "SQLiteStore",
     "Store",
     "Version",
     "Wait",
+    "open_store",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The durable stores load on first use: sqlite3 and asyncpg stay unimported until then.
+    if name == "SQLiteStore":
+        from orchestra.stores._sqlite import SQLiteStore
+
+        return SQLiteStore
+    if name == "PostgresStore":
+        from orchestra.stores._postgres import PostgresStore
+
+        return PostgresStore
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

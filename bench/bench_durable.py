@@ -1,0 +1,357 @@
+"""Durable steps: what orchestra's stores cost per step, beside raw drivers, DBOS and Temporal.
+
+    python bench/bench_durable.py [--runs 200] [--rounds 3] [--postgres URL] [--no-compare]
+
+A "durable step" at the store level is what the engine writes when a processor ends:
+one checkpoint (~300 bytes of JSON) and one history entry, each committed. Runs are 10
+steps long; every figure is milliseconds per step, the median of ``--rounds`` rounds
+(contenders interleaved, so machine noise hits them alike). Baselines, measured in the
+same run: one raw ``sqlite3`` insert of 1 KB + commit (WAL, ``synchronous=NORMAL``) and
+one raw asyncpg insert of 1 KB (autocommit). Targets (issue 5): <= 0.1 ms per durable
+step on SQLite, <= 1 ms on PostgreSQL.
+
+"batch" rows write the step's checkpoint and history in one transaction with the
+stores' ``batch()``; "sync_commit=off" rows use ``PostgresStore(synchronous_commit="off")``
+(commits do not wait for the WAL flush; see docs/how-to/sqlite-and-postgres.md). The
+end-to-end rows run a deployed 10-step business process of no-op Python steps through
+``Engine.start`` (in-memory store for the engine's own cost). PostgreSQL rows need a server
+(``--postgres``, else ``ORCHESTRA_TEST_POSTGRES_URL``, else the local default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import compare_dbos
+import compare_temporal
+
+import orchestra as o
+from orchestra.stores import (
+    CheckpointRecord,
+    HistoryEntry,
+    InMemoryStore,
+    PostgresStore,
+    SQLiteStore,
+    Store,
+)
+
+STEPS = 10
+OUTPUT = json.dumps({"id": 123, "status": "ok", "items": [{"sku": "A-1", "qty": 2}] * 4})
+TRACE = json.dumps({"processor": "p", "started": 1.0, "ms": 0.1, "attempts": 1})
+RAW_ROW = json.dumps({"payload": "x" * 1000})
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
+
+Cost = tuple[float, float]
+"""(wall ms, CPU ms of the event loop's thread) per step or per commit."""
+Measure = Callable[[], Awaitable[Cost]]
+
+
+class Clock:
+    """Wall time and this thread's CPU time since it was made."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.thread_time()
+
+    def per(self, n: int) -> Cost:
+        wall, cpu = time.perf_counter() - self.wall, time.thread_time() - self.cpu
+        return wall / n * 1000, cpu / n * 1000
+
+
+# -- baselines ---------------------------------------------------------------------------
+
+
+async def raw_sqlite(tmp: Path, n: int) -> Cost:
+    """ms per insert + commit of 1 KB in a fresh WAL database."""
+    path = tmp / f"raw-{uuid.uuid4().hex}.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+    clock = Clock()
+    for _ in range(n):
+        conn.execute("INSERT INTO t (body) VALUES (?)", (RAW_ROW,))
+    cost = clock.per(n)
+    conn.close()
+    return cost
+
+
+async def raw_asyncpg(url: str, n: int) -> Cost:
+    """ms per autocommit insert of 1 KB on one connection."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    table = f"bench_raw_{uuid.uuid4().hex[:8]}"
+    await conn.execute(f"CREATE TABLE {table} (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL)")
+    try:
+        clock = Clock()
+        for _ in range(n):
+            await conn.execute(f"INSERT INTO {table} (body) VALUES ($1)", RAW_ROW)
+        return clock.per(n)
+    finally:
+        await conn.execute(f"DROP TABLE {table}")
+        await conn.close()
+
+
+# -- orchestra at the store level -----------------------------------------------------------
+
+
+async def store_steps(store: Store, runs: int, *, batch: bool) -> Cost:
+    """ms per durable step: a checkpoint and a history entry per step, 10 steps a run."""
+    clock = Clock()
+    for _ in range(runs):
+        run_id = uuid.uuid4().hex
+        for i in range(STEPS):
+            cp = CheckpointRecord(
+                run_id=run_id, step=f"s{i}", processor="p", output=OUTPUT, trace=TRACE
+            )
+            entry = HistoryEntry(run_id=run_id, kind="step_completed", at=time.time(), step=f"s{i}")
+            if batch:
+                async with store.batch() as b:  # type: ignore[attr-defined]
+                    b.put_checkpoint(cp)
+                    b.append_history(entry)
+            else:
+                await store.put_checkpoint(cp)
+                await store.append_history(entry)
+    return clock.per(runs * STEPS)
+
+
+# -- orchestra end to end ----------------------------------------------------------------------
+
+PROCESS = o.Process(
+    name="bench",
+    trigger=o.Event(name="go"),
+    steps=tuple(
+        o.ProcessStep(
+            name=f"s{i}", processors=(o.Processor(name="p", call=o.FunctionCall(name="noop")),)
+        )
+        for i in range(STEPS)
+    ),
+)
+
+
+async def noop(value: o.JSON = None) -> o.JSON:
+    return {"ok": True}
+
+
+async def engine_steps(store: Store, runs: int) -> Cost:
+    """ms per step of the 10-step business process, started and run to its end."""
+    from orchestra.executors import LocalExecutor
+    from orchestra.sandbox import InProcessSandbox
+
+    async with o.Engine(
+        store=store, functions={"noop": noop}, sandbox=InProcessSandbox(), executor=LocalExecutor()
+    ) as engine:
+        await engine.deploy(PROCESS)
+        await engine.start("bench", {"n": -1})
+        clock = Clock()
+        for i in range(runs):
+            await engine.start("bench", {"n": i})
+        cost = clock.per(runs * STEPS)
+        last = await engine.runs("bench", status="completed")
+        assert len(last) == runs + 1, "every run completes"
+    return cost
+
+
+# -- driver ------------------------------------------------------------------------------------
+
+
+async def pg_reachable(url: str) -> str | None:
+    try:
+        import asyncpg
+    except ImportError:
+        return "skipped: asyncpg not installed (pip install 'orchestra[postgres]')"
+    try:
+        conn = await asyncpg.connect(url, timeout=3)
+    except Exception as exc:
+        return f"skipped: no PostgreSQL at {url} ({type(exc).__name__})"
+    await conn.close()
+    return None
+
+
+async def measure_all(args: argparse.Namespace) -> dict[str, Any]:
+    rows: dict[str, list[Cost]] = {}
+    notes: dict[str, str] = {}
+    pg_why = await pg_reachable(args.postgres)
+    schemas: list[str] = []
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+
+        async def sqlite_store() -> SQLiteStore:
+            return await SQLiteStore.open(tmp / f"{uuid.uuid4().hex}.db")
+
+        async def pg_store(**kw: Any) -> PostgresStore:
+            schema = f"bench_{uuid.uuid4().hex[:10]}"
+            schemas.append(schema)
+            return await PostgresStore.open(args.postgres, schema=schema, **kw)
+
+        async def on(
+            open_store: Callable[[], Awaitable[Store]], fn: Callable[[Store], Awaitable[Cost]]
+        ) -> Cost:
+            store = await open_store()
+            async with store:
+                return await fn(store)
+
+        contenders: list[tuple[str, Measure]] = [
+            ("raw sqlite3 insert+commit (baseline)", lambda: raw_sqlite(tmp, args.runs * STEPS)),
+            (
+                "SQLiteStore checkpoint+history",
+                lambda: on(sqlite_store, lambda s: store_steps(s, args.runs, batch=False)),
+            ),
+            (
+                "SQLiteStore checkpoint+history, batch",
+                lambda: on(sqlite_store, lambda s: store_steps(s, args.runs, batch=True)),
+            ),
+        ]
+        if pg_why is None:
+            contenders += [
+                (
+                    "raw asyncpg insert (baseline)",
+                    lambda: raw_asyncpg(args.postgres, args.runs * STEPS // 2),
+                ),
+                (
+                    "PostgresStore checkpoint+history",
+                    lambda: on(pg_store, lambda s: store_steps(s, args.runs // 2, batch=False)),
+                ),
+                (
+                    "PostgresStore checkpoint+history, batch",
+                    lambda: on(pg_store, lambda s: store_steps(s, args.runs // 2, batch=True)),
+                ),
+                (
+                    "PostgresStore ..., sync_commit=off",
+                    lambda: on(
+                        lambda: pg_store(synchronous_commit="off"),
+                        lambda s: store_steps(s, args.runs // 2, batch=False),
+                    ),
+                ),
+                (
+                    "PostgresStore ..., batch, sync_commit=off",
+                    lambda: on(
+                        lambda: pg_store(synchronous_commit="off"),
+                        lambda s: store_steps(s, args.runs // 2, batch=True),
+                    ),
+                ),
+            ]
+        else:
+            notes["PostgreSQL"] = pg_why
+        if not args.no_engine:
+            contenders += [
+                (
+                    "Engine 10-step process, InMemoryStore",
+                    lambda: on(_memory, lambda s: engine_steps(s, args.runs // 4)),
+                ),
+                (
+                    "Engine 10-step process, SQLiteStore",
+                    lambda: on(sqlite_store, lambda s: engine_steps(s, args.runs // 4)),
+                ),
+            ]
+            if pg_why is None:
+                contenders.append(
+                    (
+                        "Engine 10-step process, PostgresStore",
+                        lambda: on(pg_store, lambda s: engine_steps(s, args.runs // 8)),
+                    )
+                )
+        for _ in range(args.rounds):
+            for name, fn in contenders:
+                rows.setdefault(name, []).append(await fn())
+    if schemas:
+        import asyncpg
+
+        conn = await asyncpg.connect(args.postgres)
+        for schema in schemas:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.close()
+    medians = {
+        k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
+        for k, v in rows.items()
+    }
+    return {"rows": medians, "notes": notes}
+
+
+async def _memory() -> Store:
+    return InMemoryStore()
+
+
+def target_for(name: str) -> float | None:
+    if name.startswith("SQLiteStore"):
+        return 0.1
+    if name.startswith("PostgresStore"):
+        return 1.0
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=200, help="10-step runs per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("ORCHESTRA_TEST_POSTGRES_URL", DEFAULT_PG),
+        help="PostgreSQL URL (default: $ORCHESTRA_TEST_POSTGRES_URL or the local server)",
+    )
+    parser.add_argument("--no-compare", action="store_true", help="skip DBOS and Temporal")
+    parser.add_argument("--no-engine", action="store_true", help="skip the end-to-end rows")
+    args = parser.parse_args()
+
+    t0 = time.perf_counter()
+    result = anyio.run(measure_all, args)
+    rows: dict[str, Cost] = result["rows"]
+    notes: dict[str, str] = result["notes"]
+    compare: dict[str, tuple[float, str] | str] = {}
+    if not args.no_compare:
+        for name, module, runs in (
+            ("DBOS Transact, SQLite, 10-step workflow", compare_dbos, 20),
+            ("Temporal dev server, 10-activity workflow", compare_temporal, 8),
+        ):
+            try:
+                compare[name] = module.measure(runs)
+            except RuntimeError as exc:
+                compare[name] = str(exc)
+
+    print(
+        f"Durable steps, ms per step (median of {args.rounds} rounds; {args.runs} runs x {STEPS} steps)"
+    )
+    print(f"{'':46} {'ms/step':>9} {'CPU ms':>8} {'target':>7} {'vs target':>10}")
+    for name, (ms, cpu) in rows.items():
+        target = target_for(name)
+        verdict = "" if target is None else f"{ms / target:9.2f}x"
+        tgt = "" if target is None else f"{target:.1f}"
+        print(f"{name:46} {ms:9.4f} {cpu:8.4f} {tgt:>7} {verdict:>10}")
+    for name, got in compare.items():
+        if isinstance(got, str):
+            print(f"{name:46} {got}")
+        else:
+            print(f"{name:46} {got[0]:9.4f} {'':>8} {'':>7} {'':>10}  ({got[1]})")
+    for what, note in notes.items():
+        print(f"{what}: {note}")
+    print(
+        "CPU ms: CPU time of the event loop's thread (the part other work on the loop waits for)."
+    )
+    base = rows.get("raw sqlite3 insert+commit (baseline)")
+    store = rows.get("SQLiteStore checkpoint+history")
+    if base and store:
+        print(f"SQLiteStore step = {store[0] / base[0]:.1f} raw sqlite3 commits of wall time, "
+              f"{store[1] / base[1]:.1f} of CPU (a step writes 2 records)")  # fmt: skip
+    print(f"(bench took {time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    asyncio.get_event_loop_policy()  # asyncio is the backend (asyncpg needs it)
+    main()
