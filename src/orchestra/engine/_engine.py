@@ -42,6 +42,14 @@ class Engine:
     in ``store`` (default: in memory); events wait in its inbox for ``event_ttl`` seconds;
     a run's context may hold at most ``max_context_bytes`` of JSON. Resume deadlines fire
     while the engine is open as an async context manager (or on :meth:`fire_due`).
+
+    Runs are durable in a durable store: several engines (workers) may share one;
+    ``worker_id`` names this one (unique among live workers; keep it across restarts to
+    take back its own runs at once). A worker advances a run while it holds the run's
+    lease of ``lease_seconds``, renewed while the engine is open; a run whose worker died
+    is taken over once its lease expired (:meth:`recover`, done on entering the engine,
+    then by a poll). ``retention`` (seconds) deletes runs that ended longer ago than that.
+    See ``docs/explanation/durability.md``.
     """
 
     def __init__(
@@ -56,6 +64,9 @@ class Engine:
         store: Store | None = None,
         event_ttl: float = 7 * 86400.0,
         max_context_bytes: int = 1024 * 1024,
+        worker_id: str | None = None,
+        lease_seconds: float = 30.0,
+        retention: float | None = None,
     ) -> None:
         self._sandbox = sandbox
         self._own_sandbox = sandbox is None
@@ -71,8 +82,10 @@ class Engine:
         from orchestra.stores import InMemoryStore
 
         self._business: Business = Business(
-            self, store or InMemoryStore(), event_ttl=event_ttl, max_context_bytes=max_context_bytes
-        )
+            self, store or InMemoryStore(), event_ttl=event_ttl,
+            max_context_bytes=max_context_bytes, worker_id=worker_id or _worker_id(),
+            lease_seconds=lease_seconds, retention=retention,
+        )  # fmt: skip
         self._stack: AsyncExitStack | None = None
 
     @property
@@ -132,6 +145,22 @@ class Engine:
     async def cancel(self, run_id: str) -> bool:
         """Cancel a run that has not ended; return False if it had already ended."""
         return await self._business.cancel(run_id)
+
+    @property
+    def worker_id(self) -> str:
+        """The id under which this engine holds the leases of the runs it advances."""
+        return self._business.worker_id
+
+    async def recover(self) -> list[str]:
+        """Take over the runs whose worker died, and go on with them; return their ids.
+
+        A run is taken over when it is running (or was being resumed) and its lease has
+        expired, has no owner, or belongs to this ``worker_id`` from before a restart. It
+        goes on from its last checkpoint. Waits' deadlines are loaded (those that passed
+        fire now), and events stored but never delivered are delivered. Done on entering
+        the engine; while it is open a poll keeps doing it.
+        """
+        return await self._business.recovery.recover()
 
     async def fire_due(self) -> list[str]:
         """Time out every waiting run whose deadline has passed; return their ids.
@@ -275,7 +304,7 @@ class Engine:
         async with AsyncExitStack() as stack:
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
-            await tg.start(self._business.run_timers)
+            await tg.start(self._business.serve)
             self._stack = stack.pop_all()
         return self
 
@@ -291,6 +320,14 @@ class Engine:
                 await stack.aclose()
         finally:
             await self.aclose()
+
+
+def _worker_id() -> str:
+    import os
+    import socket
+    import uuid
+
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def _where(exc: ScriptError) -> str:
