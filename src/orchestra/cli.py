@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mocks", help="a JSON file of HTTP mocks")
     p = sub.add_parser("graph", help="print a Mermaid flowchart of a process")
     p.add_argument("file")
+    p.add_argument("--run", help="colour the steps of this run by status (needs --store)")
+    p.add_argument("--store", help="the store holding the run: a path or sqlite:///, postgresql://")
     sub.add_parser("schema", help="print the JSON Schema of the process format")
     p = sub.add_parser("serve", help="serve payload processes over HTTP (needs uvicorn)")
     p.add_argument("files", nargs="+")
@@ -165,9 +167,23 @@ def _test(args: argparse.Namespace) -> int:
 
 
 def _graph(args: argparse.Namespace) -> int:
-    from orchestra.graph import draw
+    from orchestra.graph import draw, run_mermaid
 
-    print(draw(load(args.file)), end="")
+    process = load(args.file)
+    if args.run is None:
+        print(draw(process), end="")
+        return EXIT_OK
+    if args.store is None:
+        raise DefinitionError([Problem("--store", "--run needs the store that holds the run")])
+
+    async def go() -> str:
+        from orchestra.stores import open_store
+
+        async with await open_store(args.store) as store:
+            run = await Engine(store=store).run(args.run)
+        return run_mermaid(process, run)
+
+    print(anyio.run(go), end="")
     return EXIT_OK
 
 

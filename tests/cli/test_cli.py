@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestra import Engine
+from orchestra import load as orchestra_load
 from orchestra.cli import main
 
 PROCESS = {
@@ -236,3 +238,36 @@ class TestBusinessCommands:
         assert "wait for supplier.form_submitted" in out
         assert "deadline P5D" in out
         assert "-. timeout .-> s_escalate" in out
+
+
+def test_graph_of_a_stored_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`graph --run --store` colours the steps of a run kept in a SQLite file."""
+    import anyio
+
+    from orchestra.sandbox import InProcessSandbox
+    from orchestra.stores import SQLiteStore
+    from orchestra.testing import MockHTTP, TestSecrets
+
+    db = tmp_path / "runs.db"
+    process = orchestra_load(PO / "process.json")
+
+    async def park() -> str:
+        async with SQLiteStore(str(db)) as store:
+            engine = Engine(
+                store=store,
+                sandbox=InProcessSandbox(),
+                secrets=TestSecrets(),
+                client=MockHTTP.from_file(PO / "mocks.json").client(),
+            )
+            async with engine:
+                await engine.deploy(process)
+                return await engine.start(
+                    process.name, json.loads((PO / "sample.json").read_text())
+                )
+
+    run_id = anyio.run(park)
+    assert main(["graph", str(PO / "process.json"), "--run", run_id, "--store", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "class s_send_form completed" in out
+    assert "class s_wait_for_supplier waiting" in out
+    assert main(["graph", str(PO / "process.json"), "--run", run_id]) == 2
