@@ -1,12 +1,14 @@
 """A worker process for the crash tests: runs the PO-triage example on a SQLite file.
 
 ``crash`` mode deploys ``examples/po-confirmation-triage/process.json``, publishes the
-start event and the supplier's event, and SIGKILLs itself just before or just after the
-Nth write to the store (``--crash N --when before|after``; ``--crash 0`` never: it prints
-the writes it made, to calibrate). ``recover`` mode is the restarted worker: for each
-database it opens a fresh engine (recovery runs on entering it), deploys, publishes both
-events again (a host redelivers what it did not see acknowledged, with the same ids),
-waits for the runs to end and writes a JSON report of what the store holds.
+start event and the supplier's event (``--early-events``: the supplier's first, so the run
+takes it from the inbox), and SIGKILLs itself just before or just after the Nth write to
+the store (``--crash N --when before|after``; ``--crash 0`` never: it prints the writes it
+made, to calibrate). ``recover`` mode is the restarted worker: for each database it opens
+a fresh engine (recovery runs on entering it), deploys, publishes both events again (a
+host redelivers what it did not see acknowledged, with the same ids), waits for the runs
+to end, starts a second run for the same PO (which must not find the supplier's event
+again) and writes a JSON report of what the store holds, the inbox included.
 
 HTTP is mocked (MockHTTP) and every request is appended to ``<db>.http`` with its
 idempotency key, with unbuffered writes so that the lines of a killed worker survive.
@@ -17,11 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
+import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,16 +34,18 @@ import httpx
 import orchestra as o
 from orchestra.sandbox import InProcessSandbox
 from orchestra.stores import (
+    Batch,
     CheckpointRecord,
     HistoryEntry,
     InboxEvent,
     RunRecord,
     RunStatus,
+    SQLiteStore,
     Store,
     Version,
     Wait,
 )
-from orchestra.stores._sqlite import Batch, SQLiteStore
+from orchestra.stores._batch import Op
 from orchestra.testing import MockHTTP
 
 HERE = Path(__file__).resolve().parents[2] / "examples" / "po-confirmation-triage"
@@ -114,8 +119,8 @@ class CrashingStore(Store):
     async def get_run(self, run_id: str) -> RunRecord:
         return await self.inner.get_run(run_id)
 
-    async def update_run(self, run: RunRecord) -> None:
-        await self._w(f"update_run:{run.status}", self.inner.update_run, run)
+    async def update_run(self, run: RunRecord, *, owner: str | None = None) -> None:
+        await self._w(f"update_run:{run.status}", self.inner.update_run, run, owner=owner)
 
     async def list_runs(
         self, *, process: str | None = None, status: RunStatus | None = None
@@ -156,6 +161,15 @@ class CrashingStore(Store):
     async def take_event(self, name: str, key: str, *, now: float) -> InboxEvent | None:
         return await self._w("take_event", self.inner.take_event, name, key, now=now)  # type: ignore[no-any-return]
 
+    async def peek_event(self, name: str, key: str, *, now: float) -> InboxEvent | None:
+        return await self.inner.peek_event(name, key, now=now)
+
+    async def consume_event(self, event_id: str) -> None:
+        await self._w("consume_event", self.inner.consume_event, event_id)
+
+    async def purge_runs(self, *, before: float) -> int:
+        return await self._w("purge_runs", self.inner.purge_runs, before=before)  # type: ignore[no-any-return]
+
     async def purge_events(self, now: float) -> int:
         return await self._w("purge_events", self.inner.purge_events, now)  # type: ignore[no-any-return]
 
@@ -165,13 +179,25 @@ class CrashingStore(Store):
     async def history(self, run_id: str) -> list[HistoryEntry]:
         return await self.inner.history(run_id)
 
-    @asynccontextmanager
-    async def batch(self) -> AsyncIterator[Batch]:
+    def batch(self) -> Batch:
+        return Batch(self._commit_batch)
+
+    async def _commit_batch(self, ops: list[Op]) -> None:
+        name = "batch:" + "+".join(_op_name(op, args) for op, args in ops)
+        self._tick(name, "before")
         async with self.inner.batch() as b:
-            yield b
-            name = "batch:" + "+".join(_op_name(op, args) for op, args in b.ops)
-            self._tick(name, "before")
+            b.ops.extend(ops)
         self._tick(name, "after")
+
+    @property
+    def supports_notify(self) -> bool:
+        return self.inner.supports_notify
+
+    async def notify(self, channel: str, payload: str = "") -> None:
+        await self.inner.notify(channel, payload)
+
+    def subscribe(self, channel: str) -> Any:
+        return self.inner.subscribe(channel)
 
 
 def _op_name(op: str, args: tuple[Any, ...]) -> str:
@@ -179,6 +205,8 @@ def _op_name(op: str, args: tuple[Any, ...]) -> str:
         return f"h.{args[0].kind}"
     if op == "put_checkpoint":
         return f"put_checkpoint:{args[0].processor}"
+    if op == "update_run":
+        return f"update_run:{args[0].status}"
     return op
 
 
@@ -209,28 +237,61 @@ def engine(store: Store, worker_id: str, log: Callable[[str], None]) -> o.Engine
     )  # fmt: skip
 
 
-async def crash_mode(db: Path, crash: str, when: str) -> None:
+def file_name(point: str) -> str:
+    """A file name for a crash point (``"early/before:@consume_event"``)."""
+    return re.sub(r"[^A-Za-z0-9_]+", "-", point).strip("-")
+
+
+def split_point(point: str) -> tuple[bool, str, str]:
+    """``"[early/]when:crash"`` as (early, when, crash)."""
+    early = point.startswith("early/")
+    when, crash = point.removeprefix("early/").split(":", 1)
+    return early, when, crash
+
+
+async def publish_all(eng: o.Engine, *, early: bool) -> list[o.PublishResult]:
+    """The start event and the supplier's; with ``early`` the supplier's comes first.
+
+    Early, the supplier's event waits in the inbox until the run reaches its resume step
+    and takes it from there: the path where a run consumes an *inbox* event.
+    """
+    start = ("po.unconfirmed", SAMPLE, START_ID)
+    supplier = (EVENT["name"], EVENT["payload"], EVENT["id"])
+    return [
+        await eng.publish(name, payload, id=event_id)
+        for name, payload, event_id in ((supplier, start) if early else (start, supplier))
+    ]
+
+
+async def crash_mode(db: Path, crash: str, when: str, early: bool = False) -> None:
     log = http_log(db.with_suffix(".http"))
     store = CrashingStore(SQLiteStore(db), crash, when, log)
     async with engine(store, "w1", log) as eng:
         await eng.deploy(load_process())
-        await eng.publish("po.unconfirmed", SAMPLE, id=START_ID)
-        await eng.publish(EVENT["name"], EVENT["payload"], id=EVENT["id"])
+        await publish_all(eng, early=early)
     await store.inner.aclose()
     print(json.dumps(store.writes))
 
 
-async def recover_mode(db: Path, worker_id: str) -> dict[str, Any]:
-    log = http_log(db.with_suffix(".http"))
+async def recover_mode(db: Path, worker_id: str, early: bool = False) -> dict[str, Any]:
+    """Recover ``db``, publish both events again, report; then check the event is not reused.
+
+    After the run completed, a second run for the same PO is started: it must *wait* for
+    a supplier event, not find the first one still in the inbox.
+    """
+    write = http_log(db.with_suffix(".http"))
+    quiet = [False]
+
+    def log(line: str) -> None:
+        if not quiet[0]:
+            write(line)
+
     store = SQLiteStore(db)
     started = time.perf_counter()
     async with engine(store, worker_id, log) as eng:
         recovered = time.perf_counter() - started
         await eng.deploy(load_process())
-        again = [
-            await eng.publish("po.unconfirmed", SAMPLE, id=START_ID),
-            await eng.publish(EVENT["name"], EVENT["payload"], id=EVENT["id"]),
-        ]
+        again = await publish_all(eng, early=early)
         with anyio.move_on_after(10):
             while any(r.status != "completed" for r in await eng.runs()) or not await eng.runs():  # noqa: ASYNC110
                 await anyio.sleep(0.05)
@@ -242,13 +303,25 @@ async def recover_mode(db: Path, worker_id: str) -> dict[str, Any]:
                 "owner": info.owner, "history": [[h.kind, h.step] for h in info.history],
                 "context": info.context,
             })  # fmt: skip
+        waits = len(await store.list_waits())
+        quiet[0] = True  # the second run's calls are not the first run's
+        (second_id,) = (await eng.publish("po.unconfirmed", SAMPLE, id=START_ID + "-2")).started
+        second = await eng.run(second_id)
         report = {
             "runs": runs,
-            "waits": len(await store.list_waits()),
+            "waits": waits,
             "republished": [[p.duplicate, list(p.started), list(p.resumed)] for p in again],
             "recovered_in": recovered,
+            "second": {
+                "status": second.status,
+                "path": second.path,
+                "events": second.context["events"],
+            },  # fmt: skip
         }
     await store.aclose()
+    with sqlite3.connect(db) as conn:
+        report["inbox"] = dict(conn.execute("SELECT id, consumed FROM orchestra_events"))
+    conn.close()
     return report
 
 
@@ -269,14 +342,14 @@ def crash_many(points: list[str], directory: Path, parallel: int) -> dict[str, i
         while len(running) >= parallel:
             pid, code = os.wait()
             status[running.pop(pid)] = code
-        when, n = point.split(":", 1)
+        early, when, n = split_point(point)
         pid = os.fork()
         if pid == 0:  # the worker
             try:
                 with open(os.devnull, "w") as null:
                     sys.stdout = null
-                    name = point.replace(":", "-").replace("@", "")
-                    anyio.run(crash_mode, directory / f"{name}.sqlite", n, when)
+                    db = directory / f"{file_name(point)}.sqlite"
+                    anyio.run(crash_mode, db, n, when, early)
             finally:
                 os._exit(0)
         running[pid] = point
@@ -295,9 +368,11 @@ def main() -> None:
     parser.add_argument("--points", default="")
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--worker-id", action="append", default=[])
+    parser.add_argument("--early", action="append", default=[], help="per db: 1 or 0")
+    parser.add_argument("--early-events", action="store_true", help="crash mode: supplier first")
     args = parser.parse_args()
     if args.mode == "crash":
-        anyio.run(crash_mode, args.dbs[0], args.crash, args.when)
+        anyio.run(crash_mode, args.dbs[0], args.crash, args.when, args.early_events)
         return
     if args.mode == "crash-many":
         codes = crash_many(args.points.split(","), args.dbs[0], args.parallel)
@@ -307,7 +382,8 @@ def main() -> None:
     async def recover_all() -> None:
         for i, db in enumerate(args.dbs):
             worker_id = args.worker_id[i] if i < len(args.worker_id) else "w2"
-            report = await recover_mode(db, worker_id)
+            early = i < len(args.early) and args.early[i] == "1"
+            report = await recover_mode(db, worker_id, early)
             db.with_suffix(".json").write_text(json.dumps(report))
 
     anyio.run(recover_all)

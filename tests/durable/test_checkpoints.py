@@ -16,6 +16,7 @@ import orchestra as o
 from orchestra.errors import PersistenceError
 from orchestra.sandbox import InProcessSandbox
 from orchestra.stores import (
+    Batch,
     CheckpointRecord,
     HistoryEntry,
     InboxEvent,
@@ -62,19 +63,31 @@ class Severable(Store):
         self.severed = False
 
     def __getattribute__(self, name: str) -> Any:
-        if name in ("inner", "severed", "sever") or name.startswith("__"):
+        own = ("inner", "severed", "sever", "batch", "_commit", "_check", "supports_notify")
+        if name in own or name.startswith("__"):
             return object.__getattribute__(self, name)
         attr = getattr(self.inner, name)
-        if not callable(attr) or name in ("batch", "notify", "subscribe"):
-            return None if name in ("batch", "notify", "subscribe") else attr
+        if not callable(attr):
+            return attr
 
         async def call(*args: Any, **kw: Any) -> Any:
-            if self.severed:
-                msg = "the connection is gone"
-                raise PersistenceError(msg)
+            self._check()
             return await attr(*args, **kw)
 
         return call
+
+    def _check(self) -> None:
+        if object.__getattribute__(self, "severed"):
+            msg = "the connection is gone"
+            raise PersistenceError(msg)
+
+    def batch(self) -> Batch:
+        return Batch(self._commit)
+
+    async def _commit(self, ops: list[Any]) -> None:
+        self._check()
+        async with self.inner.batch() as b:
+            b.ops.extend(ops)
 
     def sever(self) -> None:
         self.severed = True
@@ -84,6 +97,7 @@ class Severable(Store):
     update_run = list_runs = claim_run = put_checkpoint = checkpoints = None  # type: ignore[assignment]
     delete_checkpoints = put_wait = delete_wait = find_waits = due_waits = None  # type: ignore[assignment]
     list_waits = add_event = take_event = purge_events = append_history = history = None  # type: ignore[assignment]
+    peek_event = consume_event = purge_runs = None  # type: ignore[assignment]
 
 
 async def test_an_output_is_stored_before_what_needs_it_runs(tmp_path: Path) -> None:

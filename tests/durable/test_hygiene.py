@@ -16,7 +16,7 @@ import pytest
 import orchestra as o
 from orchestra.engine import ContextLimitError
 from orchestra.sandbox import InProcessSandbox
-from orchestra.stores import InMemoryStore, RunStatus, SQLiteStore
+from orchestra.stores import InMemoryStore, SQLiteStore
 from orchestra.testing import MockHTTP
 
 pytestmark = pytest.mark.anyio
@@ -129,21 +129,10 @@ async def test_a_context_over_the_limit_fails_the_run_and_keeps_the_last_good_st
     assert run.path == ["small:completed", "huge:failed"]
 
 
-class PurgingStore(InMemoryStore):
-    """An in-memory store with the ``purge_runs`` hook retention needs."""
-
-    async def purge_runs(self, *, before: float) -> int:
-        ended: tuple[RunStatus, ...] = ("completed", "failed", "cancelled")
-        old = [r.id for r in self._runs.values() if r.status in ended and r.updated <= before]
-        for run_id in old:
-            del self._runs[run_id]
-            self._history.pop(run_id, None)
-            await self.delete_checkpoints(run_id)
-        return len(old)
-
-
-async def test_retention_deletes_runs_that_ended_long_enough_ago() -> None:
-    store = PurgingStore()
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_retention_deletes_runs_that_ended_long_enough_ago(kind: str, tmp_path: Path) -> None:
+    """``Engine(retention=...)`` works on every store: ended runs go, with their history."""
+    store = InMemoryStore() if kind == "memory" else SQLiteStore(tmp_path / "runs.db")
     wait = o.ResumeStep(name="w", event="never", key="'k'")
     process = o.Process(name="p", trigger=GO, steps=(
         o.ProcessStep(name="s", processors=(
@@ -151,8 +140,9 @@ async def test_retention_deletes_runs_that_ended_long_enough_ago() -> None:
         )),
     ))  # fmt: skip
     waiting = attrs.evolve(process, name="q", steps=(wait,))
-    async with o.Engine(store=store, sandbox=InProcessSandbox(), functions={"f": lambda _: 1},
-                        retention=0.3, lease_seconds=0.4, worker_id="w") as eng:  # fmt: skip
+    engine = o.Engine(store=store, sandbox=InProcessSandbox(), functions={"f": lambda _: 1},
+                      retention=0.3, lease_seconds=0.4, worker_id="w")  # fmt: skip
+    async with store, engine as eng:
         await eng.deploy(process)
         await eng.deploy(waiting)
         done = [await eng.start("p", {}) for _ in range(3)]
@@ -169,9 +159,6 @@ async def test_retention_deletes_runs_that_ended_long_enough_ago() -> None:
     assert gone_after < 2.5
 
 
-async def test_retention_needs_a_store_that_can_delete_runs() -> None:
-    class Plain(InMemoryStore):
-        purge_runs = None
-
-    with pytest.raises(ValueError, match="purge_runs"):
-        o.Engine(store=Plain(), retention=60)
+async def test_retention_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="retention"):
+        o.Engine(store=InMemoryStore(), retention=-1)

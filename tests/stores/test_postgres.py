@@ -23,6 +23,7 @@ from orchestra.stores import (
     CheckpointRecord,
     HistoryEntry,
     InboxEvent,
+    OwnershipError,
     PostgresStore,
     RunRecord,
     Store,
@@ -120,8 +121,10 @@ class TestPostgresDurable(DurableStoreContract):
 
 # -- schema and migrations ---------------------------------------------------------------
 
+LATEST = _migrations.latest_version()
+NEXT = LATEST + 1
 V2 = _migrations.Migration(
-    version=2,
+    version=NEXT,
     description="sample: a tag on runs",
     sqlite=("ALTER TABLE orchestra_runs ADD COLUMN tag TEXT",),
     postgres=(
@@ -144,7 +147,7 @@ async def test_new_schema_gets_the_latest_version(pg_url: str, schema: str) -> N
 
 
 async def test_a_v0_schema_is_migrated_keeping_the_hosts_tables(pg_url: str, schema: str) -> None:
-    """A schema at version 0 made by hand, with a host table in it, is migrated to v1."""
+    """A schema at version 0 made by hand, with a host table in it, is migrated to the latest."""
     await admin(pg_url, f'CREATE SCHEMA "{schema}"')
     await admin(pg_url, f'CREATE TABLE "{schema}".host_notes (note TEXT)')
     await admin(pg_url, f"INSERT INTO \"{schema}\".host_notes VALUES ('keep me')")
@@ -152,7 +155,7 @@ async def test_a_v0_schema_is_migrated_keeping_the_hosts_tables(pg_url: str, sch
     await admin(pg_url, f"INSERT INTO \"{schema}\".meta VALUES ('schema_version', '0')")
     async with await PostgresStore.open(pg_url, schema=schema) as store:
         await store.create_run(run())
-    assert await version_of(pg_url, schema) == "1"
+    assert await version_of(pg_url, schema) == str(LATEST)
     rows = await admin(pg_url, f'SELECT note FROM "{schema}".host_notes')
     assert [r[0] for r in rows] == ["keep me"]
 
@@ -160,17 +163,18 @@ async def test_a_v0_schema_is_migrated_keeping_the_hosts_tables(pg_url: str, sch
 async def test_an_older_schema_is_migrated_and_a_newer_refused(
     pg_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """v1 data survives the sample v2 migration; v1 code then refuses the v2 schema."""
+    """Data survives the sample migration; the code before it then refuses the newer schema."""
     async with await PostgresStore.open(pg_url, schema=schema) as store:
         await store.create_run(run("r1", context='{"a": 1}'))
     with monkeypatch.context() as m:
         m.setattr(_migrations, "MIGRATIONS", (*_migrations.MIGRATIONS, V2))
         async with await PostgresStore.open(pg_url, schema=schema) as store:
-            assert await store.schema_version() == 2
+            assert await store.schema_version() == NEXT
             assert (await store.get_run("r1")).context == '{"a": 1}'
-    with pytest.raises(PersistenceError, match=r"schema version 2, newer than .* \(1\)"):
+    newer = rf"schema version {NEXT}, newer than .* \({LATEST}\)"
+    with pytest.raises(PersistenceError, match=newer):
         await PostgresStore.open(pg_url, schema=schema)
-    assert await version_of(pg_url, schema) == "2"
+    assert await version_of(pg_url, schema) == str(NEXT)
 
 
 async def test_a_failing_migration_changes_nothing(
@@ -180,7 +184,7 @@ async def test_a_failing_migration_changes_nothing(
     async with await PostgresStore.open(pg_url, schema=schema) as store:
         await store.create_run(run())
     bad = _migrations.Migration(
-        version=2,
+        version=NEXT,
         description="broken",
         sqlite=(),
         postgres=("ALTER TABLE {schema}.runs ADD COLUMN tag TEXT", "THIS IS NOT SQL"),
@@ -189,7 +193,7 @@ async def test_a_failing_migration_changes_nothing(
     with pytest.raises(PersistenceError, match="syntax error"):
         await PostgresStore.open(pg_url, schema=schema)
     monkeypatch.undo()
-    assert await version_of(pg_url, schema) == "1"
+    assert await version_of(pg_url, schema) == str(LATEST)
     cols = await admin(
         pg_url,
         "SELECT column_name FROM information_schema.columns "
@@ -199,13 +203,37 @@ async def test_a_failing_migration_changes_nothing(
     assert "tag" not in {c[0] for c in cols}
 
 
+async def test_a_v1_schema_is_migrated_to_fenced_batches(
+    pg_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A schema of the first version gets v2's apply_batch: fenced updates, consume_event."""
+    with monkeypatch.context() as m:
+        m.setattr(_migrations, "MIGRATIONS", _migrations.MIGRATIONS[:1])
+        async with await PostgresStore.open(pg_url, schema=schema) as store:
+            await store.create_run(run("r1", owner="w1"))
+            await store.add_event(
+                InboxEvent(id="e1", name="e", key='"k"', payload="{}", received=1.0, expires=9.0)
+            )
+        assert await version_of(pg_url, schema) == "1"
+    async with await PostgresStore.open(pg_url, schema=schema) as store:
+        assert await store.schema_version() == 2
+        with pytest.raises(OwnershipError):
+            async with store.batch() as b:
+                b.update_run(run("r1", position=1), owner="w2")
+        async with store.batch() as b:
+            b.update_run(run("r1", position=1, owner="w1"), owner="w1")
+            b.consume_event("e1")
+        assert (await store.get_run("r1")).position == 1
+        assert await store.peek_event("e", '"k"', now=2.0) is None
+
+
 async def test_concurrent_opens_migrate_once(pg_url: str, schema: str) -> None:
     """Several workers opening a new schema at once all succeed (one migrates)."""
     stores = await asyncio.gather(
         *(PostgresStore.open(pg_url, schema=schema, min_size=1) for _ in range(4))
     )
     for s in stores:
-        assert await s.schema_version() == 1
+        assert await s.schema_version() == LATEST
         await s.aclose()
 
 

@@ -69,8 +69,10 @@ def meta(path: Path) -> dict[str, str]:
         return dict(conn.execute("SELECT key, value FROM orchestra_meta").fetchall())
 
 
+LATEST = _migrations.latest_version()
+NEXT = LATEST + 1
 V2 = _migrations.Migration(
-    version=2,
+    version=NEXT,
     description="sample: a tag on runs",
     sqlite=(
         "ALTER TABLE orchestra_runs ADD COLUMN tag TEXT",
@@ -91,7 +93,7 @@ async def test_new_database_gets_the_latest_schema(tmp_path: Path) -> None:
 
 
 async def test_a_v0_database_is_migrated_and_keeps_the_hosts_tables(tmp_path: Path) -> None:
-    """A database at version 0 (made by hand, holding a host table) is migrated to v1."""
+    """A database at version 0 (made by hand, holding a host table) is migrated to the latest."""
     path = tmp_path / "v0.db"
     with sqlite3.connect(path) as conn:
         conn.execute("CREATE TABLE host_notes (note TEXT)")
@@ -101,7 +103,7 @@ async def test_a_v0_database_is_migrated_and_keeps_the_hosts_tables(tmp_path: Pa
     conn.close()
     async with SQLiteStore(path) as store:
         await store.create_run(run())
-        assert await store.schema_version() == 1
+        assert await store.schema_version() == LATEST
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT note FROM host_notes").fetchall() == [("keep me",)]
     conn.close()
@@ -110,13 +112,13 @@ async def test_a_v0_database_is_migrated_and_keeps_the_hosts_tables(tmp_path: Pa
 async def test_an_older_schema_is_migrated_keeping_data(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A v1 database opened by code that knows v2 is migrated; its runs stay."""
+    """A database opened by code that knows one more version is migrated; its runs stay."""
     path = tmp_path / "db.sqlite"
     async with SQLiteStore(path) as store:
         await store.create_run(run("r1", context='{"a": 1}'))
     monkeypatch.setattr(_migrations, "MIGRATIONS", (*_migrations.MIGRATIONS, V2))
     async with SQLiteStore(path) as store:
-        assert await store.schema_version() == 2
+        assert await store.schema_version() == NEXT
         assert (await store.get_run("r1")).context == '{"a": 1}'
         await store.create_run(run("r2"))
     with sqlite3.connect(path) as conn:
@@ -133,10 +135,11 @@ async def test_a_newer_schema_is_refused(tmp_path: Path, monkeypatch: pytest.Mon
         async with SQLiteStore(path) as store:
             await store.create_run(run())
     store = SQLiteStore(path)
-    with pytest.raises(PersistenceError, match=r"schema version 2, newer than .* \(1\)"):
+    newer = rf"schema version {NEXT}, newer than .* \({LATEST}\)"
+    with pytest.raises(PersistenceError, match=newer):
         await store.get_run("r1")
     await store.aclose()
-    assert meta(path)["schema_version"] == "2"
+    assert meta(path)["schema_version"] == str(NEXT)
 
 
 async def test_a_failing_migration_changes_nothing(
@@ -147,7 +150,7 @@ async def test_a_failing_migration_changes_nothing(
     async with SQLiteStore(path) as store:
         await store.create_run(run())
     bad = _migrations.Migration(
-        version=2,
+        version=NEXT,
         description="broken",
         sqlite=("ALTER TABLE orchestra_runs ADD COLUMN tag TEXT", "THIS IS NOT SQL"),
         postgres=(),
@@ -159,9 +162,35 @@ async def test_a_failing_migration_changes_nothing(
     assert isinstance(info.value.__cause__, sqlite3.Error)
     await store.aclose()
     monkeypatch.undo()
-    assert meta(path)["schema_version"] == "1"
+    assert meta(path)["schema_version"] == str(LATEST)
     async with SQLiteStore(path) as store:
         assert (await store.get_run("r1")).id == "r1"
+
+
+async def test_a_v1_database_is_migrated_to_fenced_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file written by the first schema gets version 2: its runs stay, the new ops work."""
+    path = tmp_path / "db.sqlite"
+    with monkeypatch.context() as m:
+        m.setattr(_migrations, "MIGRATIONS", _migrations.MIGRATIONS[:1])
+        async with SQLiteStore(path) as store:
+            await store.create_run(run("r1", owner="w1", status="completed", updated=1.0))
+            await store.add_event(
+                InboxEvent(id="e1", name="e", key='"k"', payload="{}", received=1.0, expires=9.0)
+            )
+        assert meta(path)["schema_version"] == "1"
+    async with SQLiteStore(path) as store:
+        assert await store.schema_version() == 2
+        async with store.batch() as b:
+            b.update_run(run("r1", owner="w1", status="completed", updated=1.0), owner="w1")
+            b.consume_event("e1")
+        assert await store.peek_event("e", '"k"', now=2.0) is None
+        assert await store.purge_runs(before=1.0) == 1
+    with sqlite3.connect(path) as conn:
+        indexes = [r[1] for r in conn.execute("PRAGMA index_list(orchestra_runs)")]
+    conn.close()
+    assert "orchestra_runs_ended" in indexes
 
 
 # -- failures ----------------------------------------------------------------------------
@@ -415,7 +444,7 @@ async def test_processes_creating_a_new_database_at_once_migrate_it_once(tmp_pat
     assert results == [1, 1, 1]
     async with SQLiteStore(path) as store:
         assert sorted(r.id for r in await store.list_runs()) == ["p0", "p1", "p2"]
-        assert await store.schema_version() == 1
+        assert await store.schema_version() == LATEST
 
 
 async def test_a_migration_rechecks_the_version_under_the_lock(

@@ -7,10 +7,14 @@ work ends. Inside one process a lock per run keeps two tasks of the same worker 
 since the store cannot tell them from each other.
 
 Every write the engine makes for a held run goes through :meth:`Leases.ensure` first: a
-lease with less than half its time left is renewed before the write, and a lease another
-worker took (ours expired while we stalled) raises :class:`LeaseLostError` instead of
-overwriting that worker's progress. The heartbeat renews every held lease each third of
-``lease_seconds``; when a renewal finds the lease taken it cancels the work on that run.
+lease with less than half its time left is renewed before the write. Every write is also
+*fenced* at the store: the run's record is written with ``update_run(..., owner=...)``
+(and checkpoints with the batch condition ``require_owner``), which the store refuses
+with ``OwnershipError`` when another worker took the run (ours expired while we stalled,
+however long the stall). The engine then marks the lease lost (:meth:`Leases.lost`),
+stops working on the run and writes nothing more. The heartbeat renews every held lease
+each third of ``lease_seconds``; when a renewal finds the lease taken it cancels the work
+on that run.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import attrs
 
 from orchestra.errors import ConflictError, PersistenceError, RunNotFoundError
 from orchestra.executors import Executor
-from orchestra.stores import RunRecord, Store
+from orchestra.stores import OwnershipError, RunRecord, Store
 
 __all__ = ["Held", "LeaseLostError", "Leases"]
 
@@ -164,12 +168,18 @@ class Leases:
         if ok:
             held.expires = until
         else:
+            self.lost(held, "another worker took it")
+
+    def lost(self, held: Held, reason: str) -> LeaseLostError:
+        """Mark the lease of ``held`` lost: its work is cancelled; return the error to raise."""
+        if not held.lost:
             held.lost = True
             held.scope.cancel()
             log.warning(
-                "worker %s lost the lease of run %s to another worker; it stops working on it",
-                self.worker_id, held.run_id,
+                "worker %s lost the lease of run %s (%s); it stops working on it",
+                self.worker_id, held.run_id, reason,
             )  # fmt: skip
+        return LeaseLostError(f"run {held.run_id!r}: this worker lost its lease ({reason})")
 
     def wrote(self, held: Held, record: RunRecord) -> None:
         """Note that ``record`` was written for ``held`` (its lease fields renew the lease)."""
@@ -193,8 +203,11 @@ class Leases:
                 if run.owner not in (None, self.worker_id):
                     return
                 run = attrs.evolve(run, owner=None, lease_expires=None)
-                await self.store.update_run(run)
+                await self.store.update_run(run, owner=self.worker_id)
                 held.record = run
+            except OwnershipError as exc:
+                self.lost(held, str(exc))
+                return
             except PersistenceError as exc:
                 log.info("could not give back the lease of run %s: %s", held.run_id, exc)
                 return

@@ -16,10 +16,11 @@ entered, and by hand) and the poll that follows do about it:
 
 While the engine is open a poll repeats the first checks every ``poll_interval``
 (``min(1 s, lease_seconds / 4)``) and fires due deadlines of other workers' runs. When
-the store can notify (``notify``/``subscribe``: PostgreSQL ``LISTEN``/``NOTIFY``, or
-SQLite's notification table) a worker that gives a running run back wakes the others at
-once instead of at their next poll. With ``retention`` the poll also deletes runs that
-ended longer ago than that (a store with ``purge_runs``), and expired inbox events.
+the store can notify (``Store.supports_notify``: PostgreSQL ``LISTEN``/``NOTIFY``,
+SQLite's notification table, the in-memory store's own subscribers) a worker that gives
+a running run back wakes the others at once instead of at their next poll. With
+``retention`` the poll also deletes runs that ended longer ago than that
+(``Store.purge_runs``), and expired inbox events.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from orchestra.engine._business import canonical
+from orchestra.engine._common import InboxClaim, canonical
+from orchestra.engine._leases import LeaseLostError
 from orchestra.errors import PersistenceError, RunNotFoundError
 from orchestra.model import Process, ResumeStep
 from orchestra.model._duration import parse_duration
@@ -58,10 +60,6 @@ class Recovery:
         if retention is not None and retention < 0:
             msg = f"retention must be a number of seconds >= 0, got {retention!r}"
             raise ValueError(msg)
-        if retention is not None and not callable(getattr(business.store, "purge_runs", None)):
-            name = type(business.store).__name__
-            msg = f"retention needs a store that can delete runs; {name} has no purge_runs()"
-            raise ValueError(msg)
         self.b = business
         self.retention = retention
         self.poll_interval = min(1.0, business.leases.lease_seconds / 4)
@@ -82,8 +80,8 @@ class Recovery:
         """
         b = self.b
         store = b.store
-        await b.refresh_versions()
-        now = b._now()
+        await b.versions.refresh()
+        now = b.now()
         orphans = [r.id for r in await store.list_runs(status="running") if self._orphan(r, now)]
         orphans += [
             r.id for r in await store.list_runs(status="waiting")
@@ -97,10 +95,11 @@ class Recovery:
         for w in waits:
             groups.setdefault((w.event, w.key), []).append(w)
         for (name, key), group in groups.items():
-            event = await store.take_event(name, key, now=b._now())
+            event = await store.peek_event(name, key, now=b.now())
             if event is not None:
                 log.info("delivering event %s, stored but never delivered", event.id)
-                await b.deliver(group, json.loads(event.payload), event.id)
+                claim = InboxClaim(event.id, exclusive=False)
+                await b.events.deliver(group, json.loads(event.payload), event.id, claim=claim)
         await b.fire_due()
         await self._housekeeping()
         if taken:
@@ -162,7 +161,7 @@ class Recovery:
                 return False
             if run.status in _TERMINAL:
                 return False
-            process = await b.process(run.process, run.version)
+            process = await b.versions.process(run.process, run.version)
             log.info("worker %s continues run %s of %s at step %d (%s)", b.worker_id, run.id,
                      run.process, run.position, run.status)  # fmt: skip
             ctx: dict[str, Any] = json.loads(run.context)
@@ -171,11 +170,14 @@ class Recovery:
                 assert isinstance(step, ResumeStep)
                 wait = await self.lost_wait(run, step)
                 await b.store.put_wait(wait)
-                resumed = await b.settle(held, run, process, ctx, wait=wait)
+                try:
+                    resumed = await b.lifecycle.settle(held, run, process, ctx, wait=wait)
+                except LeaseLostError:
+                    return False
                 if resumed is None:
                     return True
                 run = resumed
-            await b._drive(held, run, process, ctx, resuming=True)
+            await b.lifecycle.drive(held, run, process, ctx, resuming=True)
             return True
 
     async def lost_wait(self, run: RunRecord, step: ResumeStep) -> Wait:
@@ -185,8 +187,8 @@ class Recovery:
                 detail = json.loads(h.detail)
                 return Wait(run_id=run.id, step=step.name, event=step.event,
                             key=canonical(detail["key"]), deadline=detail["deadline"])  # fmt: skip
-        # No history of it (a store without batches lost the entry): compute it again.
-        process: Process = await self.b.process(run.process, run.version)
+        # No history of it (a store whose batches are not atomic lost it): compute it again.
+        process: Process = await self.b.versions.process(run.process, run.version)
         runner = self.b.engine.runner(process, json.loads(run.context), run_id=run.id)
         key = await runner.js(
             step.key, runner.bindings(step.name), name=f"{step.name}.key", step=step.name
@@ -215,8 +217,8 @@ class Recovery:
     async def poll(self) -> None:
         """One round of the poll: take over orphans, fire due deadlines, housekeeping."""
         b = self.b
-        await b.refresh_versions()
-        now = b._now()
+        await b.versions.refresh()
+        now = b.now()
         orphans = [r.id for r in await b.store.list_runs(status="running") if self._orphan(r, now)]
         if time.monotonic() >= self._next_waiting_scan:
             self._next_waiting_scan = time.monotonic() + b.leases.lease_seconds
@@ -228,7 +230,7 @@ class Recovery:
             b.spawn(self.take_over, run_id)
         for w in await b.store.due_waits(now):
             if not b.leases.active(w.run_id):
-                b.spawn(b.fire, w)
+                b.spawn(b.interrupts.fire_logged, w)
         await self._housekeeping()
 
     async def _housekeeping(self) -> None:
@@ -239,24 +241,22 @@ class Recovery:
             await self.purge()
         if mono >= self._next_events_purge:
             self._next_events_purge = mono + _EVENTS_PURGE_EVERY
-            await b.store.purge_events(b._now())
+            await b.store.purge_events(b.now())
 
     async def purge(self) -> int:
         """Delete the runs that ended more than ``retention`` seconds ago; return how many."""
         if self.retention is None:
             return 0
-        purge_runs: Any = getattr(self.b.store, "purge_runs", None)
-        count: int = await purge_runs(before=self.b._now() - self.retention)
+        count = await self.b.store.purge_runs(before=self.b.now() - self.retention)
         if count:
             log.info("deleted %d run(s) that ended over %g s ago", count, self.retention)
         return count
 
     async def listen(self) -> None:
         """Wake the poll on every notification of another worker, until cancelled."""
-        subscribe: Any = getattr(self.b.store, "subscribe", None)
         while True:
             try:
-                async with subscribe(CHANNEL) as sub:
+                async with self.b.store.subscribe(CHANNEL) as sub:
                     async for _ in sub:
                         self.poke()
             except PersistenceError as exc:
@@ -268,9 +268,8 @@ class Recovery:
         if run.status != "running":
             return
         self.poke()
-        notify: Any = getattr(self.b.store, "notify", None)
-        if callable(notify):
+        if self.b.store.supports_notify:
             try:
-                await notify(CHANNEL, run.id)
+                await self.b.store.notify(CHANNEL, run.id)
             except PersistenceError as exc:
                 log.info("could not notify other workers: %s", self.b.scrub(str(exc)))

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 import attrs
 
 from orchestra._json import JSON
-from orchestra.engine._business import NotDeployedError
 from orchestra.engine._engine import Engine
+from orchestra.engine._versions import NotDeployedError
 from orchestra.errors import EventError
 
 __all__ = ["WebhookEndpoint", "handle_webhook", "sign_webhook"]

@@ -4,15 +4,19 @@ from typing import TYPE_CHECKING, Any
 
 from orchestra.stores._base import (
     CheckpointRecord,
+    EventTakenError,
     HistoryEntry,
     HistoryKind,
     InboxEvent,
+    OwnershipError,
     RunRecord,
     RunStatus,
     Store,
+    Subscription,
     Version,
     Wait,
 )
+from orchestra.stores._batch import Batch
 from orchestra.stores._memory import InMemoryStore
 from orchestra.stores._open import open_store
 
@@ -21,16 +25,20 @@ if TYPE_CHECKING:
     from orchestra.stores._sqlite import SQLiteStore
 
 __all__ = [
+    "Batch",
     "CheckpointRecord",
+    "EventTakenError",
     "HistoryEntry",
     "HistoryKind",
     "InMemoryStore",
     "InboxEvent",
+    "OwnershipError",
     "PostgresStore",
     "RunRecord",
     "RunStatus",
     "SQLiteStore",
     "Store",
+    "Subscription",
     "Version",
     "Wait",
     "open_store",

@@ -17,24 +17,42 @@ known id is refused) until they expire, so an event that arrives before its run 
 the resume step is still there when it does; taking one marks it consumed. **History**
 (:class:`HistoryEntry`) is each run's ordered log. Every implementation must pass
 :class:`orchestra.stores.contract.StoreContract`.
+
+Beyond the abstract methods a store has three optional abilities, each with a default:
+
+* :meth:`Store.batch` collects writes and commits them together. The default applies them
+  one by one (**not atomic**); the in-memory, SQLite and PostgreSQL stores commit a batch
+  all or nothing, which is what makes the engine's guarantees hold.
+* :meth:`Store.notify` / :meth:`Store.subscribe` wake other workers. The default notifies
+  no one and subscriptions end at once; :attr:`Store.supports_notify` says which it is.
+* Conditional writes fence a worker that lost a run's lease: ``update_run(run, owner=w)``
+  and the batch operations ``update_run(..., owner=w)``, ``require_owner`` and
+  ``consume_event`` fail with a :class:`~orchestra.ConflictError` subclass
+  (:class:`OwnershipError`, :class:`EventTakenError`) instead of overwriting.
 """
 
 from __future__ import annotations
 
 import abc
 from types import TracebackType
-from typing import Literal, TypeAlias
+from typing import Literal, Self, TypeAlias
 
 import attrs
 
+from orchestra.errors import ConflictError
+from orchestra.stores._batch import Batch, Op, apply_one_by_one
+
 __all__ = [
     "CheckpointRecord",
+    "EventTakenError",
     "HistoryEntry",
     "HistoryKind",
     "InboxEvent",
+    "OwnershipError",
     "RunRecord",
     "RunStatus",
     "Store",
+    "Subscription",
     "Version",
     "Wait",
 ]
@@ -145,6 +163,64 @@ class HistoryEntry:
     seq: int = 0
 
 
+class OwnershipError(ConflictError):
+    """A conditional write found the run held by another owner (or by none).
+
+    The writer lost the run's lease: another worker took the run over, or the run was
+    given back. Nothing was written.
+    """
+
+
+class EventTakenError(ConflictError):
+    """``consume_event`` found the inbox event consumed already, or gone: nothing was written."""
+
+
+class Subscription(abc.ABC):
+    """Notifications on one channel, as an async iterator of payloads.
+
+    ``async with store.subscribe(ch) as sub:``, then ``async for payload in sub:``.
+    Payloads are hints (look in the store); iteration ends once the subscription is closed.
+    """
+
+    channel: str
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    @abc.abstractmethod
+    async def __anext__(self) -> str:
+        """Wait for the next payload; raise ``StopAsyncIteration`` once closed."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Stop receiving; a waiting or later iteration ends."""
+
+
+class NoSubscription(Subscription):
+    """The subscription of a store that cannot notify: it yields nothing and ends at once."""
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+
+    async def __anext__(self) -> str:
+        """End at once: nothing is ever notified."""
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+
 class Store(abc.ABC):
     """Persistent state of business processes; see the module docstring for the model.
 
@@ -185,8 +261,13 @@ class Store(abc.ABC):
         """Return the run; raise :class:`~orchestra.RunNotFoundError` if there is none."""
 
     @abc.abstractmethod
-    async def update_run(self, run: RunRecord) -> None:
-        """Replace the stored run with ``run``; raise ``RunNotFoundError`` if there is none."""
+    async def update_run(self, run: RunRecord, *, owner: str | None = None) -> None:
+        """Replace the stored run with ``run``; raise ``RunNotFoundError`` if there is none.
+
+        With ``owner`` the write is conditional: it happens only if the *stored* run's
+        owner is ``owner`` (the writer still holds the lease); otherwise it raises
+        :class:`OwnershipError` and writes nothing. Check and write are one atomic step.
+        """
 
     @abc.abstractmethod
     async def list_runs(
@@ -253,6 +334,22 @@ class Store(abc.ABC):
         """Mark the oldest unconsumed, unexpired event ``name`` with ``key`` consumed; return it."""
 
     @abc.abstractmethod
+    async def peek_event(self, name: str, key: str, *, now: float) -> InboxEvent | None:
+        """Return the oldest unconsumed, unexpired event ``name`` with ``key``, leaving it there.
+
+        A run that finds one records it together with ``consume_event`` in one batch: if
+        another run consumed it meanwhile the batch fails and the run looks again.
+        """
+
+    @abc.abstractmethod
+    async def consume_event(self, event_id: str) -> None:
+        """Mark event ``event_id`` consumed; raise :class:`EventTakenError` if it was already.
+
+        An unknown (or purged) id raises :class:`EventTakenError` too. Exactly one of several
+        concurrent callers succeeds.
+        """
+
+    @abc.abstractmethod
     async def purge_events(self, now: float) -> int:
         """Delete events that expired at or before ``now``; return how many."""
 
@@ -266,12 +363,61 @@ class Store(abc.ABC):
     async def history(self, run_id: str) -> list[HistoryEntry]:
         """Return the run's history in order."""
 
+    # -- housekeeping -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def purge_runs(self, *, before: float) -> int:
+        """Delete the runs that ended at or before ``before``; return how many.
+
+        Deleted are the runs whose status is ``completed``, ``failed`` or ``cancelled``
+        and whose ``updated`` is at or before ``before``, with their history, checkpoints
+        and waits. Runs that have not ended are never touched.
+        """
+
+    # -- batches ----------------------------------------------------------------------
+
+    def batch(self) -> Batch:
+        """Collect writes and commit them together when the block ends.
+
+        ``async with store.batch() as b: b.append_history(...); b.update_run(...)``. If
+        the block raises, nothing is written. This default applies the writes one by one
+        through the store's own methods when the block ends: **not atomic** (a failing
+        write leaves the ones before it written). Stores that can commit a batch all or
+        nothing override it, as the in-memory, SQLite and PostgreSQL stores do; the
+        engine's exactly-once guarantees need that.
+        """
+        return Batch(self._apply_one_by_one)
+
+    async def _apply_one_by_one(self, ops: list[Op]) -> None:
+        await apply_one_by_one(self, ops)
+
+    # -- notifications ----------------------------------------------------------------
+
+    @property
+    def supports_notify(self) -> bool:
+        """Whether :meth:`notify` reaches :meth:`subscribe` (of this and other workers' stores).
+
+        False by default: ``notify`` does nothing and subscriptions end at once, so a
+        caller should not subscribe (the engine then relies on its poll alone).
+        """
+        return False
+
+    async def notify(self, channel: str, payload: str = "") -> None:  # noqa: B027 - default
+        """Send ``payload`` to the subscribers of ``channel``; by default, to no one."""
+
+    def subscribe(self, channel: str) -> Subscription:
+        """Return a :class:`Subscription` to ``channel``.
+
+        By default (:attr:`supports_notify` false) it yields nothing and ends at once.
+        """
+        return NoSubscription(channel)
+
     # -- lifecycle --------------------------------------------------------------------
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release the store's connections."""
 
-    async def __aenter__(self) -> Store:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(

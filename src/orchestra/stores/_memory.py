@@ -2,25 +2,40 @@
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Mapping
+
+import anyio
 import attrs
 
 from orchestra.errors import ConflictError, RunNotFoundError
 from orchestra.stores._base import (
     CheckpointRecord,
+    EventTakenError,
     HistoryEntry,
     InboxEvent,
+    OwnershipError,
     RunRecord,
     RunStatus,
     Store,
+    Subscription,
     Version,
     Wait,
 )
+from orchestra.stores._batch import Batch, Op
 
-__all__ = ["InMemoryStore"]
+__all__ = ["InMemoryStore", "MemorySubscription"]
+
+_ENDED: tuple[RunStatus, ...] = ("completed", "failed", "cancelled")
 
 
 class InMemoryStore(Store):
-    """A :class:`Store` in dictionaries: fast, indexed, and gone when the process exits."""
+    """A :class:`Store` in dictionaries: fast, indexed, and gone when the process exits.
+
+    Every method runs without suspending, so each is atomic with respect to other tasks;
+    a :meth:`batch` checks all its conditions before it changes anything (all or nothing).
+    :meth:`notify` reaches the subscribers of this store, in this process.
+    """
 
     def __init__(self) -> None:
         self._versions: dict[str, list[Version]] = {}
@@ -31,13 +46,16 @@ class InMemoryStore(Store):
         self._events: dict[str, InboxEvent] = {}
         self._event_index: dict[tuple[str, str], list[str]] = {}
         self._history: dict[str, list[HistoryEntry]] = {}
+        self._subscriptions: set[MemorySubscription] = set()
+
+    # -- versions ---------------------------------------------------------------------
 
     async def put_version(self, name: str, digest: str, definition: str, *, now: float) -> Version:
         """Store a new version unless the latest has the same digest."""
         versions = self._versions.setdefault(name, [])
         if versions and versions[-1].digest == digest:
             if not versions[-1].deployed:
-                await self.set_deployed(name, True)
+                self._versions[name] = [attrs.evolve(v, deployed=True) for v in versions]
             return self._versions[name][-1]
         versions[:] = [attrs.evolve(v, deployed=True) for v in versions]
         version = Version(
@@ -68,11 +86,11 @@ class InMemoryStore(Store):
         self._versions[name] = [attrs.evolve(v, deployed=deployed) for v in versions]
         return True
 
+    # -- runs -------------------------------------------------------------------------
+
     async def create_run(self, run: RunRecord) -> None:
         """Insert a run."""
-        if run.id in self._runs:
-            msg = f"run {run.id!r} already exists"
-            raise ConflictError(msg)
+        self._check_create(run.id, self._runs)
         self._runs[run.id] = run
 
     async def get_run(self, run_id: str) -> RunRecord:
@@ -83,11 +101,9 @@ class InMemoryStore(Store):
             msg = f"no run {run_id!r}"
             raise RunNotFoundError(msg) from None
 
-    async def update_run(self, run: RunRecord) -> None:
-        """Replace a run."""
-        if run.id not in self._runs:
-            msg = f"no run {run.id!r}"
-            raise RunNotFoundError(msg)
+    async def update_run(self, run: RunRecord, *, owner: str | None = None) -> None:
+        """Replace a run (only while ``owner`` holds it, if given)."""
+        self._check_owner(run.id, owner, self._runs)
         self._runs[run.id] = run
 
     async def list_runs(
@@ -109,6 +125,24 @@ class InMemoryStore(Store):
         self._runs[run_id] = attrs.evolve(run, owner=owner, lease_expires=until)
         return True
 
+    @staticmethod
+    def _check_create(run_id: str, runs: Mapping[str, RunRecord]) -> None:
+        if run_id in runs:
+            msg = f"run {run_id!r} already exists"
+            raise ConflictError(msg)
+
+    @staticmethod
+    def _check_owner(run_id: str, owner: str | None, runs: Mapping[str, RunRecord]) -> None:
+        stored = runs.get(run_id)
+        if stored is None:
+            msg = f"no run {run_id!r}"
+            raise RunNotFoundError(msg)
+        if owner is not None and stored.owner != owner:
+            msg = f"run {run_id!r} is held by {stored.owner!r}, not {owner!r}"
+            raise OwnershipError(msg)
+
+    # -- checkpoints ------------------------------------------------------------------
+
     async def put_checkpoint(self, checkpoint: CheckpointRecord) -> None:
         """Store a processor's output."""
         key = (checkpoint.run_id, checkpoint.step)
@@ -122,8 +156,13 @@ class InMemoryStore(Store):
 
     async def delete_checkpoints(self, run_id: str, step: str | None = None) -> None:
         """Delete a run's checkpoints."""
-        for key in [k for k in self._checkpoints if k[0] == run_id and step in (None, k[1])]:
+        if step is not None:
+            self._checkpoints.pop((run_id, step), None)
+            return
+        for key in [k for k in self._checkpoints if k[0] == run_id]:
             del self._checkpoints[key]
+
+    # -- waits ------------------------------------------------------------------------
 
     async def put_wait(self, wait: Wait) -> None:
         """Record a wait, replacing the run's previous one."""
@@ -154,26 +193,61 @@ class InMemoryStore(Store):
         """Return every wait."""
         return list(self._waits.values())
 
+    # -- inbox ------------------------------------------------------------------------
+
     async def add_event(self, event: InboxEvent) -> bool:
         """Keep an event unless its id is known."""
         if event.id in self._events:
             return False
         self._events[event.id] = event
         if event.key is not None and not event.consumed:
-            self._event_index.setdefault((event.name, event.key), []).append(event.id)
+            ids = self._event_index.setdefault((event.name, event.key), [])
+            ids.append(event.id)
+            if len(ids) > 1 and self._events[ids[-2]].received > event.received:
+                ids.sort(key=lambda i: self._events[i].received)  # stable: arrival order
         return True
+
+    def _open_events(self, name: str, key: str, now: float) -> list[InboxEvent]:
+        """The unconsumed events ``(name, key)``, oldest first (dropping stale index entries)."""
+        ids = self._event_index.get((name, key))
+        if not ids:
+            return []
+        found: list[InboxEvent] = []
+        keep: list[str] = []
+        for i in ids:
+            event = self._events.get(i)
+            if event is None or event.consumed:
+                continue
+            keep.append(i)
+            if event.expires > now:
+                found.append(event)
+        ids[:] = keep
+        return found
+
+    async def peek_event(self, name: str, key: str, *, now: float) -> InboxEvent | None:
+        """Return the oldest matching event without consuming it."""
+        found = self._open_events(name, key, now)
+        return found[0] if found else None
 
     async def take_event(self, name: str, key: str, *, now: float) -> InboxEvent | None:
         """Consume the oldest matching event."""
-        ids = self._event_index.get((name, key))
-        while ids:
-            event = self._events.get(ids.pop(0))
-            if event is None or event.consumed or event.expires <= now:
-                continue
-            taken = attrs.evolve(event, consumed=True)
-            self._events[event.id] = taken
-            return taken
-        return None
+        found = self._open_events(name, key, now)
+        if not found:
+            return None
+        taken = self._events[found[0].id] = attrs.evolve(found[0], consumed=True)
+        return taken
+
+    async def consume_event(self, event_id: str) -> None:
+        """Mark an event consumed; ``EventTakenError`` if it was (or is gone)."""
+        self._check_event(event_id, set())
+        self._events[event_id] = attrs.evolve(self._events[event_id], consumed=True)
+
+    def _check_event(self, event_id: str, consumed: set[str]) -> None:
+        event = self._events.get(event_id)
+        if event is None or event.consumed or event_id in consumed:
+            what = "gone" if event is None else "consumed already"
+            msg = f"inbox event {event_id!r} is {what}"
+            raise EventTakenError(msg)
 
     async def purge_events(self, now: float) -> int:
         """Forget expired events."""
@@ -181,6 +255,8 @@ class InMemoryStore(Store):
         for i in expired:
             del self._events[i]
         return len(expired)
+
+    # -- history ----------------------------------------------------------------------
 
     async def append_history(self, entry: HistoryEntry) -> HistoryEntry:
         """Append to a run's history."""
@@ -192,3 +268,131 @@ class InMemoryStore(Store):
     async def history(self, run_id: str) -> list[HistoryEntry]:
         """Return a run's history."""
         return list(self._history.get(run_id, []))
+
+    # -- housekeeping -----------------------------------------------------------------
+
+    async def purge_runs(self, *, before: float) -> int:
+        """Delete ended runs last updated at or before ``before``, with everything of theirs."""
+        old = [r.id for r in self._runs.values() if r.status in _ENDED and r.updated <= before]
+        for run_id in old:
+            del self._runs[run_id]
+            self._history.pop(run_id, None)
+            await self.delete_checkpoints(run_id)
+            await self.delete_wait(run_id)
+        return len(old)
+
+    # -- batches ----------------------------------------------------------------------
+
+    def batch(self) -> Batch:
+        """Collect writes; commit them all or none when the block ends.
+
+        Every condition of the batch (a run to create that exists, a run to update that is
+        missing or held by another owner, an event consumed already) is checked, in order
+        and counting the batch's own earlier writes, before anything changes.
+        """
+        return Batch(self._commit_batch)
+
+    async def _commit_batch(self, ops: list[Op]) -> None:
+        self._check_batch(ops)
+        for name, args in ops:  # nothing below suspends or fails: all or nothing
+            if name == "update_run":
+                run = args[0]
+                assert isinstance(run, RunRecord)
+                self._runs[run.id] = run
+            elif name == "require_owner":
+                continue
+            else:
+                await getattr(self, name)(*args)
+
+    def _check_batch(self, ops: list[Op]) -> None:
+        # The batch's own creations and updates, over the stored runs (nothing copied).
+        runs: collections.ChainMap[str, RunRecord] = collections.ChainMap({}, self._runs)
+        consumed: set[str] = set()
+        for name, args in ops:
+            if name == "create_run":
+                run = args[0]
+                assert isinstance(run, RunRecord)
+                self._check_create(run.id, runs)
+                runs[run.id] = run
+            elif name == "update_run":
+                run, owner = args
+                assert isinstance(run, RunRecord)
+                assert owner is None or isinstance(owner, str)
+                self._check_owner(run.id, owner, runs)
+                runs[run.id] = run
+            elif name == "require_owner":
+                run_id, owner = args
+                assert isinstance(run_id, str)
+                assert isinstance(owner, str)
+                self._check_owner(run_id, owner, runs)
+            elif name == "consume_event":
+                event_id = args[0]
+                assert isinstance(event_id, str)
+                self._check_event(event_id, consumed)
+                consumed.add(event_id)
+            elif name not in _UNCONDITIONAL:
+                msg = f"unknown batch operation {name!r}"
+                raise ValueError(msg)
+
+    # -- notifications ----------------------------------------------------------------
+
+    @property
+    def supports_notify(self) -> bool:
+        """True: notifications reach this store's subscribers (in this process only)."""
+        return True
+
+    async def notify(self, channel: str, payload: str = "") -> None:
+        """Hand ``payload`` to every subscription of this store to ``channel``."""
+        for sub in list(self._subscriptions):
+            if sub.channel == channel:
+                sub.put(payload)
+
+    def subscribe(self, channel: str) -> MemorySubscription:
+        """Return a subscription to ``channel`` of this store.
+
+        It receives what is notified from when it is made until it is closed.
+        """
+        return MemorySubscription(self, channel)
+
+    async def aclose(self) -> None:
+        """End every subscription (the data stays, for whoever still holds the store)."""
+        for sub in list(self._subscriptions):
+            await sub.aclose()
+
+
+_UNCONDITIONAL = frozenset(
+    {"put_checkpoint", "delete_checkpoints", "put_wait", "delete_wait", "append_history"}
+)
+
+
+class MemorySubscription(Subscription):
+    """Notifications on one channel of an :class:`InMemoryStore`, in order."""
+
+    def __init__(self, store: InMemoryStore, channel: str) -> None:
+        self.channel = channel
+        self._store = store
+        self._queue: collections.deque[str] = collections.deque()
+        self._event = anyio.Event()
+        self._closed = False
+        store._subscriptions.add(self)
+
+    def put(self, payload: str) -> None:
+        """Queue a payload (called by :meth:`InMemoryStore.notify`)."""
+        if not self._closed:
+            self._queue.append(payload)
+            self._event.set()
+
+    async def __anext__(self) -> str:
+        """Wait for the next payload; end once closed."""
+        while not self._queue:
+            if self._closed:
+                raise StopAsyncIteration
+            await self._event.wait()
+            self._event = anyio.Event()
+        return self._queue.popleft()
+
+    async def aclose(self) -> None:
+        """Stop receiving; a waiting iteration ends."""
+        self._closed = True
+        self._store._subscriptions.discard(self)
+        self._event.set()

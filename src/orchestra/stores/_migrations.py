@@ -172,8 +172,112 @@ _POSTGRES_V1 = (
     $$""",
 )
 
+_SQLITE_V2 = (
+    """CREATE INDEX orchestra_runs_ended ON orchestra_runs (updated)
+        WHERE status IN ('completed', 'failed', 'cancelled')""",
+)
+
+_POSTGRES_V2 = (
+    """CREATE INDEX runs_ended ON {schema}.runs (updated)
+        WHERE status IN ('completed', 'failed', 'cancelled')""",
+    # The batch operations of orchestra.stores.Batch. Errors: OR001 the run exists,
+    # OR002 no run, OR003 the run is held by another owner, OR004 the event was consumed.
+    """CREATE OR REPLACE FUNCTION {schema}.apply_batch(ops jsonb) RETURNS void
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        op jsonb;
+        n integer;
+        holder text;
+    BEGIN
+        FOR op IN SELECT value FROM jsonb_array_elements(ops) LOOP
+            CASE op->>'op'
+            WHEN 'create_run' THEN
+                INSERT INTO {schema}.runs (id, process, version, status, context, position,
+                    error, created, updated, owner, lease_expires)
+                VALUES (op->>'id', op->>'process', (op->>'version')::integer, op->>'status',
+                    op->>'context', (op->>'position')::integer, op->>'error',
+                    (op->>'created')::double precision, (op->>'updated')::double precision,
+                    op->>'owner', (op->>'lease_expires')::double precision)
+                ON CONFLICT (id) DO NOTHING;
+                GET DIAGNOSTICS n = ROW_COUNT;
+                IF n = 0 THEN
+                    RAISE EXCEPTION 'run % already exists', op->>'id' USING ERRCODE = 'OR001';
+                END IF;
+            WHEN 'update_run' THEN
+                UPDATE {schema}.runs SET process = op->>'process',
+                    version = (op->>'version')::integer, status = op->>'status',
+                    context = op->>'context', position = (op->>'position')::integer,
+                    error = op->>'error', created = (op->>'created')::double precision,
+                    updated = (op->>'updated')::double precision, owner = op->>'owner',
+                    lease_expires = (op->>'lease_expires')::double precision
+                WHERE id = op->>'id'
+                    AND (op->>'expect_owner' IS NULL OR owner = op->>'expect_owner');
+                GET DIAGNOSTICS n = ROW_COUNT;
+                IF n = 0 THEN
+                    SELECT owner INTO holder FROM {schema}.runs WHERE id = op->>'id';
+                    IF NOT FOUND THEN
+                        RAISE EXCEPTION 'no run %', op->>'id' USING ERRCODE = 'OR002';
+                    END IF;
+                    RAISE EXCEPTION 'run % is held by %, not %', op->>'id', holder,
+                        op->>'expect_owner' USING ERRCODE = 'OR003';
+                END IF;
+            WHEN 'require_owner' THEN
+                -- FOR SHARE: a claim of the run waits until this batch committed.
+                SELECT owner INTO holder FROM {schema}.runs WHERE id = op->>'run_id' FOR SHARE;
+                IF NOT FOUND THEN
+                    RAISE EXCEPTION 'no run %', op->>'run_id' USING ERRCODE = 'OR002';
+                END IF;
+                IF holder IS DISTINCT FROM op->>'expect_owner' THEN
+                    RAISE EXCEPTION 'run % is held by %, not %', op->>'run_id', holder,
+                        op->>'expect_owner' USING ERRCODE = 'OR003';
+                END IF;
+            WHEN 'put_checkpoint' THEN
+                INSERT INTO {schema}.checkpoints (run_id, step, processor, output, trace)
+                VALUES (op->>'run_id', op->>'step', op->>'processor', op->>'output',
+                    op->>'trace')
+                ON CONFLICT (run_id, step, processor) DO UPDATE SET output = EXCLUDED.output,
+                    trace = EXCLUDED.trace, ord = DEFAULT;
+            WHEN 'delete_checkpoints' THEN
+                DELETE FROM {schema}.checkpoints WHERE run_id = op->>'run_id'
+                    AND (op->>'step' IS NULL OR step = op->>'step');
+            WHEN 'put_wait' THEN
+                INSERT INTO {schema}.waits (run_id, step, event, key, deadline)
+                VALUES (op->>'run_id', op->>'step', op->>'event', op->>'key',
+                    (op->>'deadline')::double precision)
+                ON CONFLICT (run_id) DO UPDATE SET step = EXCLUDED.step,
+                    event = EXCLUDED.event, key = EXCLUDED.key, deadline = EXCLUDED.deadline,
+                    ord = DEFAULT;
+            WHEN 'delete_wait' THEN
+                DELETE FROM {schema}.waits WHERE run_id = op->>'run_id';
+            WHEN 'append_history' THEN
+                INSERT INTO {schema}.history (run_id, seq, kind, at, step, detail)
+                SELECT op->>'run_id', COALESCE(MAX(h.seq), 0) + 1, op->>'kind',
+                    (op->>'at')::double precision, op->>'step', op->>'detail'
+                FROM {schema}.history h WHERE h.run_id = op->>'run_id';
+            WHEN 'consume_event' THEN
+                UPDATE {schema}.events SET consumed = true
+                WHERE id = op->>'id' AND NOT consumed;
+                GET DIAGNOSTICS n = ROW_COUNT;
+                IF n = 0 THEN
+                    RAISE EXCEPTION 'inbox event % is consumed already or gone', op->>'id'
+                        USING ERRCODE = 'OR004';
+                END IF;
+            ELSE
+                RAISE EXCEPTION 'unknown batch operation %', op->>'op';
+            END CASE;
+        END LOOP;
+    END
+    $$""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(version=1, description="initial schema", sqlite=_SQLITE_V1, postgres=_POSTGRES_V1),
+    Migration(
+        version=2,
+        description="fenced and event-consuming batches; an index of ended runs for purging",
+        sqlite=_SQLITE_V2,
+        postgres=_POSTGRES_V2,
+    ),
 )
 """Every migration, in order; the last one's version is the schema this code writes."""
 

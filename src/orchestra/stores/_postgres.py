@@ -37,15 +37,18 @@ from orchestra.errors import ConflictError, OrchestraError, PersistenceError, Ru
 from orchestra.stores import _migrations
 from orchestra.stores._base import (
     CheckpointRecord,
+    EventTakenError,
     HistoryEntry,
     InboxEvent,
+    OwnershipError,
     RunRecord,
     RunStatus,
     Store,
+    Subscription,
     Version,
     Wait,
 )
-from orchestra.stores._sqlite import Batch
+from orchestra.stores._batch import Batch, Op
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -66,6 +69,12 @@ _RUN_COLUMNS = (
 _WAIT_COLUMNS = "run_id, step, event, key, deadline"
 _EVENT_COLUMNS = "id, name, key, payload, received, expires, consumed"
 _VERSION_COLUMNS = "name, seq, digest, definition, deployed, created"
+_ENDED = "('completed', 'failed', 'cancelled')"
+_BATCH_ERRORS: dict[str, type[PersistenceError]] = {
+    "OR001": ConflictError, "OR002": RunNotFoundError, "OR003": OwnershipError,
+    "OR004": EventTakenError,
+}  # fmt: skip
+"""The SQLSTATEs ``apply_batch`` raises, and the store errors they become."""
 _TERMINATED = ("terminating connection", "the database system is shutting down")
 """Words of the server's notice when it ends a session: its transaction did not commit."""
 
@@ -131,11 +140,13 @@ class _SQL:
         )
         self.get_run = f"SELECT {_RUN_COLUMNS} FROM {s}.runs WHERE id = $1"
         self.run_exists = f"SELECT 1 FROM {s}.runs WHERE id = $1"
+        self.run_owner = f"SELECT owner FROM {s}.runs WHERE id = $1"
         self.update_run = (
             f"UPDATE {s}.runs SET process = $2, version = $3, status = $4, context = $5, "
             "position = $6, error = $7, created = $8, updated = $9, owner = $10, "
             "lease_expires = $11 WHERE id = $1"
         )
+        self.update_owned_run = self.update_run + " AND owner = $12"
         self.list_runs = f"SELECT {_RUN_COLUMNS} FROM {s}.runs"
         self.claim_run = (
             f"UPDATE {s}.runs SET owner = $2, lease_expires = $3 WHERE id = $1 "
@@ -178,7 +189,21 @@ class _SQL:
             "AND expires > $3 ORDER BY received, ord LIMIT 1 FOR UPDATE SKIP LOCKED) "
             f"RETURNING {_EVENT_COLUMNS}"
         )
+        self.peek_event = (
+            f"SELECT {_EVENT_COLUMNS} FROM {s}.events WHERE name = $1 AND key = $2 "
+            "AND NOT consumed AND expires > $3 ORDER BY received, ord LIMIT 1"
+        )
+        self.consume_event = f"UPDATE {s}.events SET consumed = true WHERE id = $1 AND NOT consumed"
+        self.event_exists = f"SELECT 1 FROM {s}.events WHERE id = $1"
         self.purge_events = f"DELETE FROM {s}.events WHERE expires <= $1"
+        self.purge_runs = (
+            f"WITH gone AS (DELETE FROM {s}.runs WHERE status IN {_ENDED} AND updated <= $1 "
+            "RETURNING id), "
+            f"h AS (DELETE FROM {s}.history WHERE run_id IN (SELECT id FROM gone)), "
+            f"c AS (DELETE FROM {s}.checkpoints WHERE run_id IN (SELECT id FROM gone)), "
+            f"w AS (DELETE FROM {s}.waits WHERE run_id IN (SELECT id FROM gone)) "
+            "SELECT count(*) FROM gone"
+        )
         self.append_history = (
             f"INSERT INTO {s}.history (run_id, seq, kind, at, step, detail) "
             f"SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5 FROM {s}.history "
@@ -473,18 +498,26 @@ class PostgresStore(Store):
 
         return await self._call("get_run", True, get)
 
-    async def _update_run(self, conn: Conn, run: RunRecord) -> None:
-        status = await conn.execute(
-            self._sql.update_run, run.id, run.process, run.version, run.status, run.context,
-            run.position, run.error, run.created, run.updated, run.owner, run.lease_expires,
-        )  # fmt: skip
+    async def _update_run(self, conn: Conn, run: RunRecord, owner: str | None) -> None:
+        values = (run.id, run.process, run.version, run.status, run.context, run.position,
+                  run.error, run.created, run.updated, run.owner, run.lease_expires)  # fmt: skip
+        if owner is None:
+            status = await conn.execute(self._sql.update_run, *values)
+        else:
+            status = await conn.execute(self._sql.update_owned_run, *values, owner)
         if _count(status) == 0:
-            msg = f"no run {run.id!r}"
-            raise RunNotFoundError(msg)
+            row = await conn.fetchrow(self._sql.run_owner, run.id)
+            if row is None:
+                msg = f"no run {run.id!r}"
+                raise RunNotFoundError(msg)
+            msg = f"run {run.id!r} is held by {row[0]!r}, not {owner!r}"
+            raise OwnershipError(msg)
 
-    async def update_run(self, run: RunRecord) -> None:
-        """Replace a run; ``RunNotFoundError`` if there is none."""
-        await self._call("update_run", True, self._update_run, run)
+    async def update_run(self, run: RunRecord, *, owner: str | None = None) -> None:
+        """Replace a run (only while ``owner`` holds it, if given: one conditional UPDATE)."""
+        # A replacing write: retried after a lost connection. Conditional on the owner, a
+        # retry of a write that did commit may find the run given back and refuse it.
+        await self._call("update_run", True, self._update_run, run, owner)
 
     async def list_runs(
         self, *, process: str | None = None, status: RunStatus | None = None
@@ -620,6 +653,26 @@ class PostgresStore(Store):
 
         return await self._call("take_event", False, take)
 
+    async def peek_event(self, name: str, key: str, *, now: float) -> InboxEvent | None:
+        """Return the oldest matching event without consuming it."""
+
+        async def peek(conn: Conn) -> InboxEvent | None:
+            row = await conn.fetchrow(self._sql.peek_event, name, key, now)
+            return None if row is None else _event(row)
+
+        return await self._call("peek_event", True, peek)
+
+    async def consume_event(self, event_id: str) -> None:
+        """Mark an event consumed (one conditional UPDATE); ``EventTakenError`` if it was."""
+
+        async def consume(conn: Conn) -> None:
+            if _count(await conn.execute(self._sql.consume_event, event_id)) == 0:
+                known = await conn.fetchval(self._sql.event_exists, event_id) is not None
+                msg = f"inbox event {event_id!r} is {'consumed already' if known else 'gone'}"
+                raise EventTakenError(msg)
+
+        await self._call("consume_event", False, consume)
+
     async def purge_events(self, now: float) -> int:
         """Forget expired events."""
 
@@ -664,18 +717,28 @@ class PostgresStore(Store):
 
         return await self._call("history", True, get)
 
-    # -- optional hooks: batches and notifications ---------------------------------------
+    # -- housekeeping -----------------------------------------------------------------
+
+    async def purge_runs(self, *, before: float) -> int:
+        """Delete ended runs last updated at or before ``before`` (one statement)."""
+
+        async def purge(conn: Conn) -> int:
+            count: int = await conn.fetchval(self._sql.purge_runs, before)
+            return count
+
+        return await self._call("purge_runs", True, purge)
+
+    # -- batches and notifications ----------------------------------------------------
 
     def batch(self) -> Batch:
         """Collect writes and commit them in one transaction when the block ends.
 
-        See :class:`~orchestra.stores._sqlite.Batch`: if the block raises nothing is
-        written; if a write fails, none is. The batch is one round trip: a function in
-        the schema applies it.
+        If the block raises nothing is written; if a write or a condition fails, none
+        is. The batch is one round trip: a function in the schema applies it.
         """
         return Batch(self._commit_batch)
 
-    async def _commit_batch(self, batch_ops: list[tuple[str, tuple[object, ...]]]) -> None:
+    async def _commit_batch(self, batch_ops: list[Op]) -> None:
         ops = json.dumps([_batch_op(name, args) for name, args in batch_ops])
         unique = _asyncpg().UniqueViolationError
 
@@ -686,17 +749,20 @@ class PostgresStore(Store):
                 except unique:
                     continue
                 except _asyncpg().PostgresError as exc:
-                    code = getattr(exc, "sqlstate", None)
-                    if code == "OR001":
-                        raise ConflictError(str(exc)) from exc
-                    if code == "OR002":
-                        raise RunNotFoundError(str(exc)) from exc
+                    error = _BATCH_ERRORS.get(getattr(exc, "sqlstate", None) or "")
+                    if error is not None:
+                        raise error(str(exc)) from exc
                     raise
                 return
             msg = "could not apply a batch: too many concurrent history writers"
             raise ConflictError(msg)
 
         await self._call("batch", False, apply)
+
+    @property
+    def supports_notify(self) -> bool:
+        """True: ``NOTIFY`` reaches subscribers on every machine using the schema."""
+        return True
 
     def _channel(self, channel: str) -> str:
         full = f"{self.schema}.{channel}"
@@ -733,9 +799,17 @@ def _batch_op(name: str, args: tuple[object, ...]) -> dict[str, object]:
     """One batch operation as the JSON object ``apply_batch`` reads."""
     if name == "delete_checkpoints":
         return {"op": name, "run_id": args[0], "step": args[1]}
+    if name == "require_owner":
+        return {"op": name, "run_id": args[0], "expect_owner": args[1]}
+    if name == "delete_wait":
+        return {"op": name, "run_id": args[0]}
+    if name == "consume_event":
+        return {"op": name, "id": args[0]}
     record = args[0]
     fields: dict[str, object] = attrs.asdict(record)  # type: ignore[arg-type]
     fields["op"] = name
+    if name == "update_run":
+        fields["expect_owner"] = args[1]
     return fields
 
 
@@ -799,7 +873,7 @@ async def _no_reset(conn: Conn) -> None:
     """Pool reset hook: the store sets no session state, so skip asyncpg's reset query."""
 
 
-class PostgresSubscription:
+class PostgresSubscription(Subscription):
     """``LISTEN`` on one channel; see :meth:`PostgresStore.subscribe`."""
 
     def __init__(self, store: PostgresStore, channel: str) -> None:
@@ -838,19 +912,11 @@ class PostgresSubscription:
         self._lost = False
         conn.add_termination_listener(self._on_terminate)
 
-    async def __aenter__(self) -> PostgresSubscription:
+    async def __aenter__(self) -> Self:
         if self._conn is None:
             await self._listen()
             self._store._subscriptions.add(self)
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Stop listening and close the subscription's connection."""
@@ -864,10 +930,8 @@ class PostgresSubscription:
             except Exception:  # closing a broken connection
                 conn.terminate()
 
-    def __aiter__(self) -> PostgresSubscription:
-        return self
-
     async def __anext__(self) -> str:
+        """Wait for the next payload (``""`` once after a reconnection); end once closed."""
         await self.__aenter__()
         while not self._queue:
             if self._closed:

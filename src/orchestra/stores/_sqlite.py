@@ -29,8 +29,8 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Concatenate, ParamSpec, Self, TypeAlias, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Concatenate, ParamSpec, Self, TypeVar
 
 import anyio
 
@@ -38,32 +38,32 @@ from orchestra.errors import ConflictError, PersistenceError, RunNotFoundError
 from orchestra.stores import _migrations
 from orchestra.stores._base import (
     CheckpointRecord,
+    EventTakenError,
     HistoryEntry,
     InboxEvent,
+    OwnershipError,
     RunRecord,
     RunStatus,
     Store,
+    Subscription,
     Version,
     Wait,
 )
+from orchestra.stores._batch import Batch, Op
 
-if TYPE_CHECKING:
-    from types import TracebackType
-
-__all__ = ["Batch", "SQLiteStore", "SQLiteSubscription"]
+__all__ = ["SQLiteStore", "SQLiteSubscription"]
 
 logger = logging.getLogger("orchestra.stores")
 
 P = ParamSpec("P")
 T = TypeVar("T")
-Op: TypeAlias = tuple[str, tuple[object, ...]]
-"""One write of a batch: the store method's name and its arguments."""
 
 _RUN_COLUMNS = (
     "id, process, version, status, context, position, error, created, updated, owner, lease_expires"
 )
 _WAIT_COLUMNS = "run_id, step, event, key, deadline"
 _EVENT_COLUMNS = "id, name, key, payload, received, expires, consumed"
+_ENDED = "('completed', 'failed', 'cancelled')"
 _NOTIFICATION_RETENTION = 60.0
 """Seconds a notification stays in its table for subscribers that poll."""
 
@@ -140,17 +140,38 @@ def _create_run(conn: sqlite3.Connection, run: RunRecord) -> None:
         raise ConflictError(msg)
 
 
-def _update_run(conn: sqlite3.Connection, run: RunRecord) -> None:
-    cur = conn.execute(
-        "UPDATE orchestra_runs SET process = ?, version = ?, status = ?, context = ?, "
-        "position = ?, error = ?, created = ?, updated = ?, owner = ?, lease_expires = ? "
-        "WHERE id = ?",
-        (run.process, run.version, run.status, run.context, run.position, run.error,
-         run.created, run.updated, run.owner, run.lease_expires, run.id),
-    )  # fmt: skip
+_UPDATE_RUN = (
+    "UPDATE orchestra_runs SET process = ?, version = ?, status = ?, context = ?, "
+    "position = ?, error = ?, created = ?, updated = ?, owner = ?, lease_expires = ? "
+    "WHERE id = ?"
+)
+
+
+def _update_run(conn: sqlite3.Connection, run: RunRecord, owner: str | None = None) -> None:
+    values = (run.process, run.version, run.status, run.context, run.position, run.error,
+              run.created, run.updated, run.owner, run.lease_expires, run.id)  # fmt: skip
+    if owner is None:
+        cur = conn.execute(_UPDATE_RUN, values)
+    else:
+        cur = conn.execute(_UPDATE_RUN + " AND owner = ?", (*values, owner))
     if cur.rowcount == 0:
-        msg = f"no run {run.id!r}"
+        _not_owned(conn, run.id, owner)
+
+
+def _not_owned(conn: sqlite3.Connection, run_id: str, owner: str | None) -> None:
+    """Raise why a write conditional on ``owner`` found no row: no run, or another owner."""
+    row = conn.execute("SELECT owner FROM orchestra_runs WHERE id = ?", (run_id,)).fetchone()
+    if row is None:
+        msg = f"no run {run_id!r}"
         raise RunNotFoundError(msg)
+    msg = f"run {run_id!r} is held by {row[0]!r}, not {owner!r}"
+    raise OwnershipError(msg)
+
+
+def _require_owner(conn: sqlite3.Connection, run_id: str, owner: str) -> None:
+    row = conn.execute("SELECT owner FROM orchestra_runs WHERE id = ?", (run_id,)).fetchone()
+    if row is None or row[0] != owner:
+        _not_owned(conn, run_id, owner)
 
 
 def _claim_run(conn: sqlite3.Connection, run_id: str, owner: str, until: float, now: float) -> bool:
@@ -206,6 +227,10 @@ def _put_wait(conn: sqlite3.Connection, w: Wait) -> None:
     )
 
 
+def _drop_wait(conn: sqlite3.Connection, run_id: str) -> None:
+    conn.execute("DELETE FROM orchestra_waits WHERE run_id = ?", (run_id,))
+
+
 def _delete_wait(conn: sqlite3.Connection, run_id: str) -> Wait | None:
     row = conn.execute(
         f"DELETE FROM orchestra_waits WHERE run_id = ? RETURNING {_WAIT_COLUMNS}",
@@ -232,6 +257,35 @@ def _take_event(conn: sqlite3.Connection, name: str, key: str, now: float) -> In
         (name, key, now),
     ).fetchone()
     return None if row is None else _event(row)
+
+
+def _peek_event(conn: sqlite3.Connection, name: str, key: str, now: float) -> InboxEvent | None:
+    row = conn.execute(
+        f"SELECT {_EVENT_COLUMNS} FROM orchestra_events WHERE name = ? AND key = ? "
+        "AND consumed = 0 AND expires > ? ORDER BY received, ord LIMIT 1",
+        (name, key, now),
+    ).fetchone()
+    return None if row is None else _event(row)
+
+
+def _consume_event(conn: sqlite3.Connection, event_id: str) -> None:
+    cur = conn.execute(
+        "UPDATE orchestra_events SET consumed = 1 WHERE id = ? AND consumed = 0", (event_id,)
+    )
+    if cur.rowcount == 0:
+        known = conn.execute("SELECT 1 FROM orchestra_events WHERE id = ?", (event_id,)).fetchone()
+        msg = f"inbox event {event_id!r} is {'consumed already' if known else 'gone'}"
+        raise EventTakenError(msg)
+
+
+def _purge_runs(conn: sqlite3.Connection, before: float) -> int:
+    ended = f"SELECT id FROM orchestra_runs WHERE status IN {_ENDED} AND updated <= ?"
+    for table in ("orchestra_history", "orchestra_checkpoints", "orchestra_waits"):
+        conn.execute(f"DELETE FROM {table} WHERE run_id IN ({ended})", (before,))
+    cur = conn.execute(
+        f"DELETE FROM orchestra_runs WHERE status IN {_ENDED} AND updated <= ?", (before,)
+    )
+    return cur.rowcount
 
 
 _INSERT_HISTORY = (
@@ -281,68 +335,16 @@ def _notify(conn: sqlite3.Connection, channel: str, payload: str, now: float) ->
 _BATCH_OPS: dict[str, Callable[..., object]] = {
     "create_run": _create_run,
     "update_run": _update_run,
+    "require_owner": _require_owner,
     "put_checkpoint": _put_checkpoint,
     "delete_checkpoints": _delete_checkpoints,
     "put_wait": _put_wait,
+    "delete_wait": _drop_wait,
+    "consume_event": _consume_event,
 }
 
 
-class Batch:
-    """Writes collected by ``async with store.batch() as b:`` and committed together.
-
-    Each method records a write with the meaning of the store method of the same name;
-    nothing is written until the ``async with`` block ends without an exception, and then
-    everything is written in one transaction (all or nothing). Reads inside the block do
-    not see the batch's writes.
-    """
-
-    def __init__(
-        self,
-        commit: Callable[[list[tuple[str, tuple[object, ...]]]], Awaitable[None]] | None = None,
-    ) -> None:
-        self.ops: list[Op] = []
-        self._commit = commit
-
-    async def __aenter__(self) -> Batch:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None and self.ops and self._commit is not None:
-            await self._commit(self.ops)
-
-    def create_run(self, run: RunRecord) -> None:
-        """Insert a new run (the whole batch fails with ``ConflictError`` if it exists)."""
-        self.ops.append(("create_run", (run,)))
-
-    def update_run(self, run: RunRecord) -> None:
-        """Replace the stored run (the batch fails with ``RunNotFoundError`` without it)."""
-        self.ops.append(("update_run", (run,)))
-
-    def put_checkpoint(self, checkpoint: CheckpointRecord) -> None:
-        """Store a processor's output."""
-        self.ops.append(("put_checkpoint", (checkpoint,)))
-
-    def delete_checkpoints(self, run_id: str, step: str | None = None) -> None:
-        """Delete the run's checkpoints of ``step`` (of every step if ``None``)."""
-        self.ops.append(("delete_checkpoints", (run_id, step)))
-
-    def put_wait(self, wait: Wait) -> None:
-        """Record that a run waits."""
-        self.ops.append(("put_wait", (wait,)))
-
-    def append_history(self, entry: HistoryEntry) -> None:
-        """Append ``entry`` to its run's history (its ``seq`` is set by the store)."""
-        self.ops.append(("append_history", (entry,)))
-
-
-def _apply_batch(
-    conn: sqlite3.Connection, ops: list[tuple[str, tuple[object, ...]]], seqs: dict[str, int]
-) -> None:
+def _apply_batch(conn: sqlite3.Connection, ops: list[Op], seqs: dict[str, int]) -> None:
     for name, args in ops:
         if name == "append_history":
             entry = args[0]
@@ -681,9 +683,9 @@ class SQLiteStore(Store):
 
         return await self._read("get_run", get)
 
-    async def update_run(self, run: RunRecord) -> None:
-        """Replace a run; ``RunNotFoundError`` if there is none."""
-        await self._single("update_run", _update_run, run)
+    async def update_run(self, run: RunRecord, *, owner: str | None = None) -> None:
+        """Replace a run (only while ``owner`` holds it, if given: one conditional UPDATE)."""
+        await self._single("update_run", _update_run, run, owner)
 
     async def list_runs(
         self, *, process: str | None = None, status: RunStatus | None = None
@@ -793,6 +795,14 @@ class SQLiteStore(Store):
         """Consume the oldest matching event (one ``UPDATE ... RETURNING``)."""
         return await self._single("take_event", _take_event, name, key, now)
 
+    async def peek_event(self, name: str, key: str, *, now: float) -> InboxEvent | None:
+        """Return the oldest matching event without consuming it."""
+        return await self._read("peek_event", _peek_event, name, key, now)
+
+    async def consume_event(self, event_id: str) -> None:
+        """Mark an event consumed (one conditional UPDATE); ``EventTakenError`` if it was."""
+        await self._single("consume_event", _consume_event, event_id)
+
     async def purge_events(self, now: float) -> int:
         """Forget expired events."""
 
@@ -827,19 +837,30 @@ class SQLiteStore(Store):
 
         return await self._read("history", get)
 
-    # -- optional hooks: batches and notifications ---------------------------------------
+    # -- housekeeping -----------------------------------------------------------------
+
+    async def purge_runs(self, *, before: float) -> int:
+        """Delete ended runs last updated at or before ``before`` (one transaction)."""
+        return await self._write("purge_runs", _purge_runs, before)
+
+    # -- batches and notifications ----------------------------------------------------
 
     def batch(self) -> Batch:
         """Collect writes and commit them in one transaction when the block ends.
 
         One commit instead of one per write: ``async with store.batch() as b:
         b.append_history(...); b.update_run(...)``. If the block raises, nothing is
-        written; if a write fails, none is.
+        written; if a write or a condition fails, none is.
         """
         return Batch(self._commit_batch)
 
-    async def _commit_batch(self, ops: list[tuple[str, tuple[object, ...]]]) -> None:
+    async def _commit_batch(self, ops: list[Op]) -> None:
         await self._write("batch", _apply_batch, ops, self._seqs)
+
+    @property
+    def supports_notify(self) -> bool:
+        """True: notifications reach subscribers in every process using the file."""
+        return True
 
     async def notify(self, channel: str, payload: str = "") -> None:
         """Publish ``payload`` on ``channel`` to every subscriber, in any process.
@@ -874,7 +895,7 @@ def _schema_version(conn: sqlite3.Connection) -> int:
     return 0 if row is None else int(row[0])
 
 
-class SQLiteSubscription:
+class SQLiteSubscription(Subscription):
     """Notifications on one channel of a :class:`SQLiteStore`; see :meth:`SQLiteStore.subscribe`."""
 
     def __init__(self, store: SQLiteStore, channel: str, poll_interval: float) -> None:
@@ -897,6 +918,10 @@ class SQLiteSubscription:
         self._store._subscriptions.discard(self)
         self._event.set()
 
+    async def aclose(self) -> None:
+        """Stop: a waiting or later iteration ends (as :meth:`close`)."""
+        self.close()
+
     async def _start(self) -> None:
         if self._last is None:
 
@@ -908,22 +933,12 @@ class SQLiteSubscription:
             self._last, self._version = await self._store._read("subscribe", start)
             self._store._subscriptions.add(self)
 
-    async def __aenter__(self) -> SQLiteSubscription:
+    async def __aenter__(self) -> Self:
         await self._start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __aiter__(self) -> SQLiteSubscription:
-        return self
-
     async def __anext__(self) -> str:
+        """Wait for the next payload; end once closed."""
         await self._start()
         while not self._pending:
             if self._closed:

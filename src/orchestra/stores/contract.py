@@ -20,8 +20,10 @@ import pytest
 from orchestra.errors import ConflictError, RunNotFoundError
 from orchestra.stores._base import (
     CheckpointRecord,
+    EventTakenError,
     HistoryEntry,
     InboxEvent,
+    OwnershipError,
     RunRecord,
     Store,
     Wait,
@@ -116,6 +118,33 @@ class StoreContract:
         assert await store.list_runs(process="p", status="waiting") == []
 
     @pytest.mark.anyio
+    async def test_update_run_is_fenced_by_its_owner(self, store: Store) -> None:
+        """``update_run(run, owner=w)`` writes only while ``w`` holds the run."""
+        await store.create_run(_run("r1"))
+        with pytest.raises(OwnershipError):  # nobody holds it
+            await store.update_run(_run("r1", position=1), owner="w1")
+        assert await store.claim_run("r1", "w1", until=10.0, now=1.0)
+        mine = _run("r1", position=1, owner="w1", lease_expires=10.0)
+        await store.update_run(mine, owner="w1")
+        assert await store.get_run("r1") == mine
+        # w1 stalls past its lease; w2 takes the run over: w1's writes are refused.
+        assert await store.claim_run("r1", "w2", until=30.0, now=11.0)
+        with pytest.raises(OwnershipError) as info:
+            await store.update_run(_run("r1", position=2, owner="w1"), owner="w1")
+        assert isinstance(info.value, ConflictError)
+        got = await store.get_run("r1")
+        assert (got.position, got.owner) == (1, "w2")
+        # Giving the lease back is a fenced write too; afterwards nobody's owner fence holds.
+        await store.update_run(_run("r1", position=2), owner="w2")
+        with pytest.raises(OwnershipError):
+            await store.update_run(_run("r1", position=3), owner="w2")
+        with pytest.raises(RunNotFoundError):
+            await store.update_run(_run("nope"), owner="w1")
+        # Without an owner the write is unconditional.
+        await store.update_run(_run("r1", position=4, owner="w9"))
+        assert (await store.get_run("r1")).position == 4
+
+    @pytest.mark.anyio
     async def test_leases(self, store: Store) -> None:
         """A lease is exclusive until it expires; its holder may renew it."""
         await store.create_run(_run("r1"))
@@ -203,6 +232,54 @@ class StoreContract:
         assert await store.add_event(_event("e1"))
 
     @pytest.mark.anyio
+    async def test_peek_and_consume(self, store: Store) -> None:
+        """``peek_event`` shows the oldest open event and leaves it; ``consume_event`` takes it."""
+        assert await store.peek_event("e", '"k"', now=5.0) is None
+        assert await store.add_event(_event("e2", received=2.0))
+        assert await store.add_event(_event("e1", received=1.0))
+        assert await store.add_event(_event("e3", key='"other"'))
+        assert await store.add_event(_event("e0", received=0.5, expires=5.0))  # expired at 5
+        peeked = await store.peek_event("e", '"k"', now=5.0)
+        assert peeked is not None
+        assert (peeked.id, peeked.consumed, peeked.payload) == ("e1", False, '{"n": 1}')
+        assert await store.peek_event("e", '"k"', now=5.0) == peeked  # still there
+        await store.consume_event("e1")
+        with pytest.raises(EventTakenError) as info:
+            await store.consume_event("e1")
+        assert isinstance(info.value, ConflictError)
+        with pytest.raises(EventTakenError):
+            await store.consume_event("unknown")
+        nxt = await store.peek_event("e", '"k"', now=5.0)
+        assert nxt is not None
+        assert nxt.id == "e2"
+        # take_event and consume_event agree: a taken event cannot be consumed again.
+        taken = await store.take_event("e", '"k"', now=5.0)
+        assert taken is not None
+        assert taken.id == "e2"
+        with pytest.raises(EventTakenError):
+            await store.consume_event("e2")
+        assert await store.peek_event("e", '"k"', now=5.0) is None
+        assert not await store.add_event(_event("e1"))  # consumed events still dedupe
+
+    @pytest.mark.anyio
+    async def test_concurrent_consumers_have_one_winner(self, store: Store) -> None:
+        """Of several tasks consuming one event, exactly one succeeds."""
+        assert await store.add_event(_event("e1"))
+        wins: list[int] = []
+
+        async def consume(i: int) -> None:
+            try:
+                await store.consume_event("e1")
+            except EventTakenError:
+                return
+            wins.append(i)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(5):
+                tg.start_soon(consume, i)
+        assert len(wins) == 1
+
+    @pytest.mark.anyio
     async def test_consumed_event_is_not_taken(self, store: Store) -> None:
         """An event stored already consumed only serves deduplication."""
         assert await store.add_event(_event("e1", consumed=True))
@@ -221,6 +298,113 @@ class StoreContract:
         assert second.seq == 2
         assert await store.history("r1") == [first, second]
         assert await store.history("nope") == []
+
+    @pytest.mark.anyio
+    async def test_purge_runs(self, store: Store) -> None:
+        """Runs that ended at or before the cutoff go, with their history, checkpoints, waits."""
+        statuses = {"done": "completed", "bad": "failed", "off": "cancelled",
+                    "live": "running", "park": "waiting", "new": "completed"}  # fmt: skip
+        for run_id, status in statuses.items():
+            updated = 50.0 if run_id == "new" else 10.0
+            await store.create_run(_run(run_id, status=status, updated=updated))
+            await store.append_history(HistoryEntry(run_id=run_id, kind="run_started", at=1.0))
+            await store.put_checkpoint(
+                CheckpointRecord(run_id=run_id, step="s", processor="a", output="1", trace="{}")
+            )
+            await store.put_wait(Wait(run_id=run_id, step="w", event="e", key='"k"'))
+        assert await store.purge_runs(before=9.9) == 0
+        assert await store.purge_runs(before=10.0) == 3
+        assert sorted(r.id for r in await store.list_runs()) == ["live", "new", "park"]
+        for gone in ("done", "bad", "off"):
+            with pytest.raises(RunNotFoundError):
+                await store.get_run(gone)
+            assert await store.history(gone) == []
+            assert await store.checkpoints(gone, "s") == []
+        assert sorted(w.run_id for w in await store.list_waits()) == ["live", "new", "park"]
+        assert len(await store.history("live")) == 1
+        assert len(await store.checkpoints("park", "s")) == 1
+        assert await store.purge_runs(before=100.0) == 1
+        assert sorted(r.id for r in await store.list_runs()) == ["live", "park"]
+
+    @pytest.mark.anyio
+    async def test_batch_writes_in_order(self, store: Store) -> None:
+        """Every batch operation writes what its store method writes, in order."""
+        assert await store.add_event(_event("e1"))
+        async with store.batch() as b:
+            b.create_run(_run("r1", owner="w1", lease_expires=10.0))
+            b.update_run(_run("r1", position=1, owner="w1", lease_expires=20.0), owner="w1")
+            b.require_owner("r1", "w1")
+            b.put_checkpoint(
+                CheckpointRecord(run_id="r1", step="s", processor="a", output="1", trace="{}")
+            )
+            b.put_checkpoint(
+                CheckpointRecord(run_id="r1", step="t", processor="a", output="2", trace="{}")
+            )
+            b.delete_checkpoints("r1", "t")
+            b.put_wait(Wait(run_id="r1", step="w", event="e", key='"k"'))
+            b.append_history(HistoryEntry(run_id="r1", kind="run_started", at=1.0))
+            b.append_history(HistoryEntry(run_id="r1", kind="waiting", at=2.0, step="w"))
+            b.consume_event("e1")
+        run = await store.get_run("r1")
+        assert (run.position, run.owner, run.lease_expires) == (1, "w1", 20.0)
+        assert [c.output for c in await store.checkpoints("r1", "s")] == ["1"]
+        assert await store.checkpoints("r1", "t") == []
+        assert [w.run_id for w in await store.find_waits("e", '"k"')] == ["r1"]
+        assert [(h.seq, h.kind) for h in await store.history("r1")] == [
+            (1, "run_started"),
+            (2, "waiting"),
+        ]
+        assert await store.peek_event("e", '"k"', now=5.0) is None
+        async with store.batch() as b:
+            b.delete_wait("r1")
+            b.delete_wait("nope")  # deleting no wait is no error
+            b.delete_checkpoints("r1")
+        assert await store.list_waits() == []
+        assert await store.checkpoints("r1", "s") == []
+        async with store.batch():
+            pass  # an empty batch writes nothing
+
+    @pytest.mark.anyio
+    async def test_batch_conditions_raise_their_errors(self, store: Store) -> None:
+        """A failed condition fails the batch with its error (here as the batch's first write)."""
+        await store.create_run(_run("r1", owner="w1"))
+        assert await store.add_event(_event("e1", consumed=True))
+        with pytest.raises(ConflictError):
+            async with store.batch() as b:
+                b.create_run(_run("r1"))
+        with pytest.raises(OwnershipError):
+            async with store.batch() as b:
+                b.update_run(_run("r1", position=9), owner="w2")
+        with pytest.raises(OwnershipError):
+            async with store.batch() as b:
+                b.require_owner("r1", "w2")
+        with pytest.raises(RunNotFoundError):
+            async with store.batch() as b:
+                b.require_owner("nope", "w1")
+        with pytest.raises(RunNotFoundError):
+            async with store.batch() as b:
+                b.update_run(_run("nope"))
+        with pytest.raises(EventTakenError):
+            async with store.batch() as b:
+                b.consume_event("e1")
+        with pytest.raises(RuntimeError):
+            async with store.batch() as b:
+                b.update_run(_run("r1", position=5))
+                raise RuntimeError
+        assert (await store.get_run("r1")).position == 0
+
+    @pytest.mark.anyio
+    async def test_notifications(self, store: Store) -> None:
+        """A store that ``supports_notify`` delivers to its own subscribers; others end at once."""
+        async with store.subscribe("wake") as sub:
+            await store.notify("other", "x")
+            await store.notify("wake", "1")
+            await store.notify("wake", "2")
+            with anyio.fail_after(5):
+                if store.supports_notify:
+                    assert [await anext(sub), await anext(sub)] == ["1", "2"]
+                else:
+                    assert [payload async for payload in sub] == []
 
     @pytest.mark.anyio
     async def test_context_manager(self, store: Store) -> None:

@@ -21,11 +21,13 @@ from typing import Any
 import anyio
 import pytest
 
-from orchestra.errors import ConflictError
+from orchestra.errors import ConflictError, RunNotFoundError
 from orchestra.stores._base import (
     CheckpointRecord,
+    EventTakenError,
     HistoryEntry,
     InboxEvent,
+    OwnershipError,
     RunRecord,
     Store,
     Wait,
@@ -183,46 +185,155 @@ class DurableStoreContract:
 
     @pytest.mark.anyio
     async def test_batch_is_all_or_nothing(self, open_store: Opener) -> None:
-        """A store's optional ``batch()`` commits every write, or none when one fails."""
+        """``batch()`` commits every write, or none when a write or a condition fails.
+
+        The engine's exactly-once guarantees rest on this: :meth:`Store.batch`'s default
+        (writes applied one by one) fails it.
+        """
         async with await open_store() as store:
-            batch = getattr(store, "batch", None)
-            if batch is None:
-                pytest.skip("this store has no batch()")
-            await store.create_run(_run("r1"))
-            async with batch() as b:
+            await store.create_run(_run("r1", owner="w1"))
+            await store.add_event(
+                InboxEvent(id="e1", name="e", key='"k"', payload="{}", received=1.0, expires=99.0)
+            )
+            async with store.batch() as b:
                 b.put_checkpoint(
                     CheckpointRecord(run_id="r1", step="s", processor="a", output="1", trace="{}")
                 )
                 b.append_history(HistoryEntry(run_id="r1", kind="step_completed", at=2.0))
-                b.update_run(_run("r1", position=1))
+                b.update_run(_run("r1", position=1, owner="w1"), owner="w1")
             assert (await store.get_run("r1")).position == 1
             assert [h.seq for h in await store.history("r1")] == [1]
+            await store.put_wait(Wait(run_id="r1", step="w", event="e", key='"k"'))
             before = await _dump(store)
-            with pytest.raises(LookupError):
-                async with batch() as b:
-                    b.append_history(HistoryEntry(run_id="r1", kind="step_completed", at=3.0))
-                    b.delete_checkpoints("r1")
-                    b.update_run(_run("missing"))
-            with pytest.raises(ConflictError):
-                async with batch() as b:
-                    b.put_wait(Wait(run_id="r1", step="w", event="e", key='"k"'))
-                    b.create_run(_run("r1"))
+            failing: list[tuple[type[BaseException], Any]] = [
+                (RunNotFoundError, lambda b: b.update_run(_run("missing"))),
+                (ConflictError, lambda b: b.create_run(_run("r1"))),
+                (OwnershipError, lambda b: b.update_run(_run("r1", position=7), owner="w2")),
+                (OwnershipError, lambda b: b.require_owner("r1", "w2")),
+                (EventTakenError, lambda b: b.consume_event("no-such-event")),
+            ]
+            for error, last in failing:
+                with pytest.raises(error):
+                    async with store.batch() as b:
+                        b.append_history(HistoryEntry(run_id="r1", kind="step_completed", at=3.0))
+                        b.delete_checkpoints("r1")
+                        b.delete_wait("r1")
+                        b.consume_event("e1")
+                        b.update_run(_run("r1", position=5, owner="w1"), owner="w1")
+                        last(b)
+                assert await _dump(store) == before, error
             with pytest.raises(RuntimeError):
-                async with batch() as b:
+                async with store.batch() as b:
                     b.update_run(_run("r1", position=5))
                     raise RuntimeError
             assert await _dump(store) == before
+            # The event those batches would have consumed is still there to consume.
+            peeked = await store.peek_event("e", '"k"', now=5.0)
+            assert peeked is not None
+            assert peeked.id == "e1"
+
+    @pytest.mark.anyio
+    async def test_a_stalled_worker_is_fenced_out(self, open_store: Opener) -> None:
+        """Worker A's lease expires and B takes the run: A's conditional writes all fail."""
+        async with await open_store() as a, await open_store() as b:
+            await a.create_run(_run("r1"))
+            assert await a.claim_run("r1", "wa", until=10.0, now=1.0)
+            assert await b.claim_run("r1", "wb", until=30.0, now=11.0)
+            stale = _run("r1", position=3, owner="wa", lease_expires=20.0)
+            with pytest.raises(OwnershipError):
+                await a.update_run(stale, owner="wa")
+            with pytest.raises(OwnershipError):
+                async with a.batch() as batch:
+                    batch.require_owner("r1", "wa")
+                    batch.put_checkpoint(
+                        CheckpointRecord(run_id="r1", step="s", processor="p", output="0",
+                                         trace="{}")
+                    )  # fmt: skip
+            with pytest.raises(OwnershipError):
+                async with a.batch() as batch:
+                    batch.update_run(stale, owner="wa")
+                    batch.append_history(HistoryEntry(run_id="r1", kind="step_completed", at=2.0))
+            run = await b.get_run("r1")
+            assert (run.position, run.owner) == (0, "wb")
+            assert await b.checkpoints("r1", "s") == []
+            assert await b.history("r1") == []
+
+    @pytest.mark.anyio
+    async def test_runs_racing_for_an_event_consume_it_once(self, open_store: Opener) -> None:
+        """Runs on three stores peek the same inbox event and try to record it: one succeeds."""
+        n = 6
+        stores = [await open_store() for _ in range(3)]
+        try:
+            setup = stores[0]
+            for i in range(n):
+                await setup.create_run(_run(f"r{i}", owner=f"w{i}"))
+            await setup.add_event(
+                InboxEvent(id="e1", name="e", key='"k"', payload="{}", received=1.0, expires=99.0)
+            )
+            winners: list[str] = []
+            # Every run finds the event first (as runs reaching their resume step at once)...
+            peeked = [await stores[i % 3].peek_event("e", '"k"', now=2.0) for i in range(n)]
+            assert [e.id if e else None for e in peeked] == ["e1"] * n
+
+            async def run(i: int, store: Store) -> None:
+                event = peeked[i]
+                assert event is not None
+                try:  # ... then all try to record it
+                    async with store.batch() as b:
+                        b.update_run(_run(f"r{i}", position=1, owner=f"w{i}"), owner=f"w{i}")
+                        b.append_history(
+                            HistoryEntry(run_id=f"r{i}", kind="event_consumed", at=2.0)
+                        )
+                        b.consume_event(event.id)
+                except EventTakenError:
+                    return
+                winners.append(f"r{i}")
+
+            async with anyio.create_task_group() as tg:
+                for i in range(n):
+                    tg.start_soon(run, i, stores[i % len(stores)])
+            assert len(winners) == 1
+            for i in range(n):
+                moved = (await setup.get_run(f"r{i}")).position == 1
+                recorded = len(await setup.history(f"r{i}")) == 1
+                assert moved == recorded == (f"r{i}" in winners)
+            assert await setup.peek_event("e", '"k"', now=2.0) is None
+        finally:
+            for s in stores:
+                await s.aclose()
+
+    @pytest.mark.anyio
+    async def test_purge_runs_reaches_every_worker(self, open_store: Opener) -> None:
+        """Runs purged through one store are gone for another, and stay gone after reopening."""
+        async with await open_store() as a, await open_store() as b:
+            await a.create_run(_run("r1", status="completed", updated=5.0))
+            await a.create_run(_run("r2", status="running", updated=5.0))
+            await a.append_history(HistoryEntry(run_id="r1", kind="run_completed", at=5.0))
+            assert await b.purge_runs(before=6.0) == 1
+            assert [r.id for r in await a.list_runs()] == ["r2"]
+            assert await a.history("r1") == []
+        async with await open_store() as c:
+            assert [r.id for r in await c.list_runs()] == ["r2"]
 
     @pytest.mark.anyio
     async def test_notifications_reach_other_workers(self, open_store: Opener) -> None:
-        """``notify`` on one store wakes a ``subscribe`` of another, in order, per channel."""
-        async with await open_store() as a, await open_store() as b:
-            if not hasattr(a, "subscribe"):
-                pytest.skip("this store has no subscribe()")
-            async with b.subscribe("wake") as sub, a.subscribe("wake") as own:  # type: ignore[attr-defined]
-                await a.notify("other", "x")  # type: ignore[attr-defined]
-                await a.notify("wake", "1")  # type: ignore[attr-defined]
-                await a.notify("wake", "2")  # type: ignore[attr-defined]
-                with anyio.fail_after(5):
-                    assert [await anext(sub), await anext(sub)] == ["1", "2"]
-                    assert [await anext(own), await anext(own)] == ["1", "2"]
+        """``notify`` on one store wakes a ``subscribe`` of another, in order, per channel.
+
+        A store without notifications (``supports_notify`` false) is fine too (workers
+        then find each other's work by polling): its subscriptions must end at once.
+        """
+        async with (
+            await open_store() as a,
+            await open_store() as b,
+            b.subscribe("wake") as sub,
+            a.subscribe("wake") as own,
+        ):
+            await a.notify("other", "x")
+            await a.notify("wake", "1")
+            await a.notify("wake", "2")
+            with anyio.fail_after(5):
+                if not a.supports_notify:
+                    assert [p async for p in sub] == [p async for p in own] == []
+                    return
+                assert [await anext(sub), await anext(sub)] == ["1", "2"]
+                assert [await anext(own), await anext(own)] == ["1", "2"]

@@ -1,0 +1,135 @@
+"""Writing a run: every change of a run's state is one batch, fenced by the run's lease.
+
+A commit writes the run's record with this worker as owner and a fresh lease (a commit is
+a renewal), or with no owner when it gives the lease back, together with the history
+entries, wait, checkpoint deletions and inbox consumption that go with the change: one
+transaction on every store whose ``batch()`` is atomic. The run's record is written only
+if the store still names this worker as its owner (``update_run(..., owner=...)``); if
+another worker took the run over meanwhile the batch fails with ``OwnershipError``, which
+this module turns into :class:`~orchestra.engine._leases.LeaseLostError` after marking
+the lease lost: the work on the run stops and writes nothing more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+
+from orchestra._json import JSON
+from orchestra.engine._common import Log, canonical
+from orchestra.errors import StepError
+from orchestra.stores import CheckpointRecord, HistoryEntry, HistoryKind, OwnershipError, RunRecord
+
+if TYPE_CHECKING:
+    from orchestra.engine._business import Business
+    from orchestra.engine._leases import Held
+    from orchestra.stores import Wait
+
+__all__ = ["ContextLimitError", "Writer"]
+
+
+class ContextLimitError(StepError):
+    """A run's context grew past the engine's ``max_context_bytes``."""
+
+
+class Writer:
+    """Builds and commits the writes of one :class:`Business`'s runs."""
+
+    def __init__(self, business: Business) -> None:
+        self.b = business
+
+    def fit(self, process: str, step: str, ctx: dict[str, JSON]) -> str:
+        """The context as JSON text; :class:`ContextLimitError` if it is over the limit."""
+        text = canonical(ctx)
+        if len(text) * 4 > self.b.max_context_bytes:  # cheap bound; exact only when it matters
+            size = len(text.encode())
+            if size > self.b.max_context_bytes:
+                limit = self.b.max_context_bytes
+                msg = f"the run's context is {size} bytes of JSON, over the limit of {limit}"
+                raise ContextLimitError(msg, process=process, step=step)
+        return text
+
+    def entry(
+        self,
+        run_id: str,
+        kind: HistoryKind,
+        step: str | None,
+        detail: JSON,
+        *,
+        at: float | None = None,
+    ) -> HistoryEntry:
+        """A history entry (its detail scrubbed), stamped now unless ``at`` is given."""
+        text = None if detail is None else self.b.scrub(canonical(detail))
+        when = self.b.now() if at is None else at
+        return HistoryEntry(run_id=run_id, kind=kind, at=when, step=step, detail=text)
+
+    async def commit(
+        self,
+        held: Held,
+        run: RunRecord,
+        *,
+        create: bool = False,
+        history: Sequence[Log | HistoryEntry] = (),
+        wait: Wait | None = None,
+        unwait: bool = False,
+        drop: Sequence[str | None] = (),
+        consume: str | None = None,
+        release: bool = False,
+    ) -> RunRecord:
+        """Write a run's new state with everything that goes with it, in one batch.
+
+        ``history`` entries are appended (a :data:`Log` is stamped now); ``wait`` is put,
+        or with ``unwait`` the run's wait deleted; ``drop`` names steps whose checkpoints
+        go (``None``: every step's); ``consume`` is an inbox event to mark consumed (the
+        batch fails with ``EventTakenError`` if it was). With ``release`` the lease is
+        given back. Nothing is written for a run being cancelled.
+        """
+        b = self.b
+        if run.id in b.cancelled:
+            return run
+        if not create:
+            await b.leases.ensure(held)
+        now = b.now()
+        until = None if release else now + b.leases.lease_seconds
+        run = attrs.evolve(
+            run, context=b.scrub(run.context), error=b.scrub.optional(run.error),
+            updated=now, owner=None if release else b.worker_id, lease_expires=until,
+        )  # fmt: skip
+        entries = [h if isinstance(h, HistoryEntry) else self.entry(run.id, *h) for h in history]
+        try:
+            async with b.store.batch() as batch:
+                if create:
+                    batch.create_run(run)
+                else:
+                    batch.update_run(run, owner=b.worker_id)
+                if consume is not None:
+                    batch.consume_event(consume)
+                if unwait:
+                    batch.delete_wait(run.id)
+                if wait is not None:
+                    batch.put_wait(wait)
+                for e in entries:
+                    batch.append_history(e)
+                for s in drop:
+                    batch.delete_checkpoints(run.id, s)
+        except OwnershipError as exc:
+            raise b.leases.lost(held, str(exc)) from exc
+        b.leases.wrote(held, run)
+        return run
+
+    async def checkpoint(
+        self, held: Held, record: CheckpointRecord, *, started: HistoryEntry | None
+    ) -> None:
+        """Store a processor's output (with the step's ``started`` entry, if first), fenced."""
+        b = self.b
+        await b.leases.ensure(held)
+        try:
+            async with b.store.batch() as batch:
+                batch.require_owner(record.run_id, b.worker_id)
+                if started is not None:
+                    batch.append_history(started)
+                batch.put_checkpoint(record)
+        except OwnershipError as exc:
+            raise b.leases.lost(held, str(exc)) from exc
