@@ -46,7 +46,7 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def docs(session: nox.Session) -> None:
     """Build the documentation into docs/_build/html (warnings are errors)."""
-    session.install("-e", ".", "sphinx", "myst-parser")
+    session.install("-e", ".", "sphinx", "myst-parser", "pytest")
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
 
 
