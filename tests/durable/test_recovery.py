@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 
 import orchestra as o
 from orchestra.sandbox import InProcessSandbox
-from orchestra.stores import SQLiteStore, Store
+from orchestra.stores import InboxEvent, InMemoryStore, RunRecord, RunStatus, SQLiteStore, Store
 from orchestra.testing import MockHTTP
 
 from ._worker import EVENT, HERE, SAMPLE
@@ -159,3 +160,65 @@ async def test_recover_by_hand_continues_a_run_left_running(tmp_path: Path) -> N
 
 def _unused(store: Store) -> None:  # keep the import for type checkers
     _ = store
+
+
+class CountingStore(InMemoryStore):
+    """The in-memory store, counting the calls that read runs or events one by one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+
+    async def list_runs(
+        self, *, process: str | None = None, status: RunStatus | None = None
+    ) -> list[RunRecord]:
+        self.calls["list_runs"] += 1
+        return await super().list_runs(process=process, status=status)
+
+    async def peek_event(self, name: str, key: str, *, now: float) -> InboxEvent | None:
+        self.calls["peek_event"] += 1
+        return await super().peek_event(name, key, now=now)
+
+
+def parking_process() -> o.Process:
+    return o.Process(name="park", trigger=GO, events=(o.Event(name="done", key="payload.id"),),
+                     steps=(
+        o.ResumeStep(name="wait", event="done", key="ctx.trigger.id"),
+        o.ProcessStep(name="s", processors=(
+            o.Processor(name="work", call=o.FunctionCall(name="work")),
+        )),
+    ))  # fmt: skip
+
+
+async def test_recovery_and_the_poll_never_read_every_waiting_run() -> None:
+    """Orphans and undelivered events come from two targeted queries, whatever is parked.
+
+    Many runs wait; one was left mid-resume by a dead worker (waiting, owned, lease
+    expired) and one has an event in the inbox that was never delivered. ``recover()``
+    re-parks the first and delivers the second; neither it nor the poll lists runs or
+    peeks at the inbox once per wait.
+    """
+
+    async def work(_: Any) -> Any:
+        return 1
+
+    store = CountingStore()
+    eng = o.Engine(store=store, sandbox=InProcessSandbox(), functions={"work": work},
+                   worker_id="a")  # fmt: skip
+    await eng.deploy(parking_process())
+    ids = [await eng.start("park", {"id": i}) for i in range(20)]
+    rec = await store.get_run(ids[3])
+    await store.update_run(attrs.evolve(rec, owner="dead", lease_expires=time.time() - 1))
+    undelivered = InboxEvent(id="ev", name="done", key="7", payload='{"id": 7}',
+                             received=time.time(), expires=time.time() + 60)  # fmt: skip
+    assert await store.add_event(undelivered)
+    store.calls.clear()
+    assert await eng.recover() == [ids[3]]
+    await eng._business.recovery.poll()
+    assert store.calls == Counter({"peek_event": 1})  # the re-parked run looks in the inbox
+    assert (await eng.run(ids[7])).status == "completed"
+    assert (await eng.run(ids[3])).status == "waiting"
+    assert (await store.get_run(ids[3])).owner is None
+    assert [w.run_id for w in await store.find_waits("done", "3")] == [ids[3]]
+    assert len(await store.list_waits()) == 19
+    await eng.aclose()

@@ -34,6 +34,8 @@ class DefaultsStore(InMemoryStore):
     supports_notify = Store.supports_notify
     notify = Store.notify
     subscribe = Store.subscribe  # type: ignore[assignment]
+    orphaned_runs = Store.orphaned_runs
+    matched_waits = Store.matched_waits
 
 
 class TestStoreDefaults(StoreContract):

@@ -160,6 +160,26 @@ async def test_a_v0_schema_is_migrated_keeping_the_hosts_tables(pg_url: str, sch
     assert [r[0] for r in rows] == ["keep me"]
 
 
+async def test_a_v2_schema_gets_the_lease_index(
+    pg_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 3 indexes runs by (status, owner, lease_expires) and drops the status index."""
+    with monkeypatch.context() as m:
+        m.setattr(_migrations, "MIGRATIONS", _migrations.MIGRATIONS[:2])
+        async with await PostgresStore.open(pg_url, schema=schema) as store:
+            await store.create_run(run("r1"))
+            await store.create_run(run("r2", status="waiting", owner="w", lease_expires=5.0))
+    assert await version_of(pg_url, schema) == "2"
+    async with await PostgresStore.open(pg_url, schema=schema) as store:
+        assert await store.schema_version() == 3
+        found = await store.orphaned_runs(worker="me", now=10.0)
+        assert [r.id for r in found] == ["r1", "r2"]
+    rows = await admin(pg_url, "SELECT indexname FROM pg_indexes WHERE schemaname = $1", schema)
+    indexes = {r[0] for r in rows}
+    assert "runs_lease" in indexes
+    assert "runs_status" not in indexes
+
+
 async def test_an_older_schema_is_migrated_and_a_newer_refused(
     pg_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -216,7 +236,7 @@ async def test_a_v1_schema_is_migrated_to_fenced_batches(
             )
         assert await version_of(pg_url, schema) == "1"
     async with await PostgresStore.open(pg_url, schema=schema) as store:
-        assert await store.schema_version() == 2
+        assert await store.schema_version() == LATEST  # v2 and every later migration
         with pytest.raises(OwnershipError):
             async with store.batch() as b:
                 b.update_run(run("r1", position=1), owner="w2")

@@ -22,6 +22,7 @@ from orchestra.stores import (
     Store,
     Wait,
     _migrations,
+    _sqlite,
 )
 from orchestra.stores.contract import StoreContract
 from orchestra.stores.contract_durable import DurableStoreContract
@@ -127,6 +128,46 @@ async def test_an_older_schema_is_migrated_keeping_data(
     assert "tag" in cols
 
 
+def query_plan(path: Path, sql: str, params: tuple[object, ...]) -> str:
+    with sqlite3.connect(path) as conn:
+        plan = " | ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+    conn.close()
+    return plan
+
+
+async def test_a_v2_database_gets_the_lease_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 3 indexes runs by (status, owner, lease_expires) and drops the status index.
+
+    The poll's query for orphaned runs and the recovery's for matched waits then seek
+    in indexes: neither reads the table of runs (or of waits) from end to end.
+    """
+    path = tmp_path / "db.sqlite"
+    with monkeypatch.context() as m:
+        m.setattr(_migrations, "MIGRATIONS", _migrations.MIGRATIONS[:2])
+        async with SQLiteStore(path) as store:
+            await store.create_run(run("r1"))
+            await store.create_run(run("r2", status="waiting", owner="w", lease_expires=5.0))
+    assert meta(path)["schema_version"] == "2"
+    async with SQLiteStore(path) as store:
+        assert await store.schema_version() == 3
+        found = await store.orphaned_runs(worker="me", now=10.0)
+        assert [r.id for r in found] == ["r1", "r2"]
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()
+    indexes = {r[0] for r in rows}
+    conn.close()
+    assert "orchestra_runs_lease" in indexes
+    assert "orchestra_runs_status" not in indexes
+    plan = query_plan(path, _sqlite._ORPHANED_RUNS, ("me", "me", 10.0))
+    assert plan.count("SEARCH orchestra_runs USING INDEX orchestra_runs_lease") == 3, plan
+    assert "SCAN orchestra_runs" not in plan, plan
+    plan = query_plan(path, _sqlite._MATCHED_WAITS, (10.0,))
+    assert "SEARCH w USING INDEX orchestra_waits_key" in plan, plan
+    assert "SCAN w" not in plan and "SCAN orchestra_waits" not in plan, plan
+
+
 async def test_a_newer_schema_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A database written by a newer orchestra is refused with a clear error, untouched."""
     path = tmp_path / "db.sqlite"
@@ -181,7 +222,7 @@ async def test_a_v1_database_is_migrated_to_fenced_batches(
             )
         assert meta(path)["schema_version"] == "1"
     async with SQLiteStore(path) as store:
-        assert await store.schema_version() == 2
+        assert await store.schema_version() == LATEST  # v2 and every later migration
         async with store.batch() as b:
             b.update_run(run("r1", owner="w1", status="completed", updated=1.0), owner="w1")
             b.consume_event("e1")

@@ -38,7 +38,7 @@ from orchestra.engine._leases import LeaseLostError
 from orchestra.errors import PersistenceError, RunNotFoundError
 from orchestra.model import Process, ResumeStep
 from orchestra.model._duration import parse_duration
-from orchestra.stores import RunRecord, Wait
+from orchestra.stores import InboxEvent, RunRecord, Wait
 
 if TYPE_CHECKING:
     from orchestra.engine._business import Business
@@ -66,7 +66,6 @@ class Recovery:
         self._poke = anyio.Event()
         self._retry_at: dict[str, float] = {}
         self._failures: dict[str, int] = {}
-        self._next_waiting_scan = 0.0
         self._next_purge = 0.0
         self._next_events_purge = 0.0
 
@@ -81,30 +80,28 @@ class Recovery:
         b = self.b
         store = b.store
         await b.versions.refresh()
-        now = b.now()
-        orphans = [r.id for r in await store.list_runs(status="running") if self._orphan(r, now)]
-        orphans += [
-            r.id for r in await store.list_runs(status="waiting")
-            if r.owner is not None and self._orphan(r, now)
-        ]  # fmt: skip
-        taken = await self._take_over_all(orphans)
-        waits = await store.list_waits()
-        for w in waits:
+        taken = await self._take_over_all(await self._orphans())
+        for w in await store.list_waits():
             b.timers.schedule(w)
-        groups: dict[tuple[str, str], list[Wait]] = {}
-        for w in waits:
-            groups.setdefault((w.event, w.key), []).append(w)
-        for (name, key), group in groups.items():
-            event = await store.peek_event(name, key, now=b.now())
-            if event is not None:
-                log.info("delivering event %s, stored but never delivered", event.id)
-                claim = InboxClaim(event.id, exclusive=False)
-                await b.events.deliver(group, json.loads(event.payload), event.id, claim=claim)
+        # Events stored but not delivered: one query pairs them with the waits they match.
+        groups: dict[str, tuple[InboxEvent, list[Wait]]] = {}
+        for w, event in await store.matched_waits(now=b.now()):
+            groups.setdefault(event.id, (event, []))[1].append(w)
+        for event, group in groups.values():
+            log.info("delivering event %s, stored but never delivered", event.id)
+            claim = InboxClaim(event.id, exclusive=False)
+            await b.events.deliver(group, json.loads(event.payload), event.id, claim=claim)
         await b.fire_due()
         await self._housekeeping()
         if taken:
             log.info("worker %s took over %d run(s)", b.worker_id, len(taken))
         return taken
+
+    async def _orphans(self) -> list[str]:
+        """The runs to take over: the store's orphaned runs that are not ours right now."""
+        now = self.b.now()
+        found = await self.b.store.orphaned_runs(worker=self.b.worker_id, now=now)
+        return [r.id for r in found if self._orphan(r, now)]
 
     def _orphan(self, run: RunRecord, now: float) -> bool:
         """Whether ``run`` needs a new worker: not ours now, and nobody else's alive."""
@@ -219,14 +216,7 @@ class Recovery:
         b = self.b
         await b.versions.refresh()
         now = b.now()
-        orphans = [r.id for r in await b.store.list_runs(status="running") if self._orphan(r, now)]
-        if time.monotonic() >= self._next_waiting_scan:
-            self._next_waiting_scan = time.monotonic() + b.leases.lease_seconds
-            orphans += [
-                r.id for r in await b.store.list_runs(status="waiting")
-                if r.owner is not None and self._orphan(r, now)
-            ]  # fmt: skip
-        for run_id in orphans:
+        for run_id in await self._orphans():
             b.spawn(self.take_over, run_id)
         for w in await b.store.due_waits(now):
             if not b.leases.active(w.run_id):

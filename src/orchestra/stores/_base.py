@@ -163,6 +163,15 @@ class HistoryEntry:
     seq: int = 0
 
 
+def _orphaned(run: RunRecord, worker: str, now: float) -> bool:
+    """Whether ``run`` is one :meth:`Store.orphaned_runs` returns."""
+    if run.status == "running" and run.owner is None:
+        return True
+    if run.status not in ("running", "waiting") or run.owner is None:
+        return False
+    return run.owner == worker or (run.lease_expires is not None and run.lease_expires <= now)
+
+
 class OwnershipError(ConflictError):
     """A conditional write found the run held by another owner (or by none).
 
@@ -283,6 +292,25 @@ class Store(abc.ABC):
         expired (``lease_expires <= now``); returns whether it did.
         """
 
+    async def orphaned_runs(self, *, worker: str, now: float) -> list[RunRecord]:
+        """Return the runs that may need a new worker, oldest first.
+
+        They are the ``running`` runs with no owner, and the ``running`` or ``waiting``
+        runs owned by ``worker`` (the caller: its own from before a restart) or whose
+        lease expired (``lease_expires <= now``). A ``waiting`` run with no owner is
+        parked, not orphaned, and is never returned. The engine's poll calls this every
+        second or so: a store should answer from an index, in time proportional to the
+        runs returned (plus the runs leased at the time), not to every run it keeps.
+
+        The default filters :meth:`list_runs` (reading every running and waiting run);
+        the in-memory, SQLite and PostgreSQL stores override it.
+        """
+        found = await self.list_runs(status="running")
+        found += await self.list_runs(status="waiting")
+        found = [r for r in found if _orphaned(r, worker, now)]
+        found.sort(key=lambda r: r.created)  # stable: each status's order kept
+        return found
+
     # -- checkpoints ------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -340,6 +368,30 @@ class Store(abc.ABC):
         A run that finds one records it together with ``consume_event`` in one batch: if
         another run consumed it meanwhile the batch fails and the run looks again.
         """
+
+    async def matched_waits(self, *, now: float) -> list[tuple[Wait, InboxEvent]]:
+        """Return each wait that an event in the inbox matches, with that event.
+
+        A wait is matched by the oldest unconsumed, unexpired (``expires > now``) event
+        whose name is the wait's ``event`` and whose key is the wait's ``key``: the event
+        :meth:`peek_event` would return for it. Pairs come grouped by event (oldest event
+        first), waits of one event in the order :meth:`find_waits` gives them. Recovery
+        calls it once on every engine open to deliver events stored but never delivered:
+        a store should answer with one query, not one per wait.
+
+        The default calls :meth:`peek_event` once per distinct ``(event, key)`` of
+        :meth:`list_waits`; the in-memory, SQLite and PostgreSQL stores override it.
+        """
+        groups: dict[tuple[str, str], list[Wait]] = {}
+        for w in await self.list_waits():
+            groups.setdefault((w.event, w.key), []).append(w)
+        matched: list[tuple[InboxEvent, list[Wait]]] = []
+        for (name, key), group in groups.items():
+            event = await self.peek_event(name, key, now=now)
+            if event is not None:
+                matched.append((event, group))
+        matched.sort(key=lambda m: m[0].received)
+        return [(w, e) for e, group in matched for w in group]
 
     @abc.abstractmethod
     async def consume_event(self, event_id: str) -> None:

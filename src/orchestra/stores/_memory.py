@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 from collections.abc import Mapping
 
 import anyio
@@ -21,6 +22,7 @@ from orchestra.stores._base import (
     Subscription,
     Version,
     Wait,
+    _orphaned,
 )
 from orchestra.stores._batch import Batch, Op
 
@@ -40,6 +42,11 @@ class InMemoryStore(Store):
     def __init__(self) -> None:
         self._versions: dict[str, list[Version]] = {}
         self._runs: dict[str, RunRecord] = {}
+        self._leased: set[str] = set()
+        """Runs ``running`` or with an owner: where :meth:`orphaned_runs` looks."""
+        self._ord: dict[str, int] = {}
+        """Each run's creation number (ties of ``created`` in :meth:`orphaned_runs`)."""
+        self._created = itertools.count()
         self._checkpoints: dict[tuple[str, str], dict[str, CheckpointRecord]] = {}
         self._waits: dict[str, Wait] = {}
         self._wait_index: dict[tuple[str, str], dict[str, Wait]] = {}
@@ -91,7 +98,8 @@ class InMemoryStore(Store):
     async def create_run(self, run: RunRecord) -> None:
         """Insert a run."""
         self._check_create(run.id, self._runs)
-        self._runs[run.id] = run
+        self._ord[run.id] = next(self._created)
+        self._put_run(run)
 
     async def get_run(self, run_id: str) -> RunRecord:
         """Return a run."""
@@ -104,7 +112,14 @@ class InMemoryStore(Store):
     async def update_run(self, run: RunRecord, *, owner: str | None = None) -> None:
         """Replace a run (only while ``owner`` holds it, if given)."""
         self._check_owner(run.id, owner, self._runs)
+        self._put_run(run)
+
+    def _put_run(self, run: RunRecord) -> None:
         self._runs[run.id] = run
+        if run.status == "running" or run.owner is not None:
+            self._leased.add(run.id)
+        else:
+            self._leased.discard(run.id)
 
     async def list_runs(
         self, *, process: str | None = None, status: RunStatus | None = None
@@ -122,8 +137,13 @@ class InMemoryStore(Store):
         free = run.owner is None or run.owner == owner
         if not free and (run.lease_expires is None or run.lease_expires > now):
             return False
-        self._runs[run_id] = attrs.evolve(run, owner=owner, lease_expires=until)
+        self._put_run(attrs.evolve(run, owner=owner, lease_expires=until))
         return True
+
+    async def orphaned_runs(self, *, worker: str, now: float) -> list[RunRecord]:
+        """Return the runs that may need a new worker (from an index of leased runs)."""
+        found = [r for i in self._leased if _orphaned(r := self._runs[i], worker, now)]
+        return sorted(found, key=lambda r: (r.created, self._ord[r.id]))
 
     @staticmethod
     def _check_create(run_id: str, runs: Mapping[str, RunRecord]) -> None:
@@ -229,6 +249,17 @@ class InMemoryStore(Store):
         found = self._open_events(name, key, now)
         return found[0] if found else None
 
+    async def matched_waits(self, *, now: float) -> list[tuple[Wait, InboxEvent]]:
+        """Return each wait an inbox event matches, with the oldest such event."""
+        matched: list[tuple[InboxEvent, list[Wait]]] = []
+        for (name, key), waits in self._wait_index.items():
+            if (name, key) in self._event_index:
+                found = self._open_events(name, key, now)
+                if found:
+                    matched.append((found[0], list(waits.values())))
+        matched.sort(key=lambda m: m[0].received)
+        return [(w, e) for e, waits in matched for w in waits]
+
     async def take_event(self, name: str, key: str, *, now: float) -> InboxEvent | None:
         """Consume the oldest matching event."""
         found = self._open_events(name, key, now)
@@ -276,6 +307,8 @@ class InMemoryStore(Store):
         old = [r.id for r in self._runs.values() if r.status in _ENDED and r.updated <= before]
         for run_id in old:
             del self._runs[run_id]
+            self._leased.discard(run_id)
+            self._ord.pop(run_id, None)
             self._history.pop(run_id, None)
             await self.delete_checkpoints(run_id)
             await self.delete_wait(run_id)
@@ -298,7 +331,7 @@ class InMemoryStore(Store):
             if name == "update_run":
                 run = args[0]
                 assert isinstance(run, RunRecord)
-                self._runs[run.id] = run
+                self._put_run(run)
             elif name == "require_owner":
                 continue
             else:

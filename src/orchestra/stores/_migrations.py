@@ -270,6 +270,19 @@ _POSTGRES_V2 = (
     $$""",
 )
 
+# Runs by status, owner and lease: the recovery's poll finds orphaned runs (running with
+# no owner, or leased and expired) by seeking in it, never reading every waiting run. It
+# starts with status, so it replaces the index of runs by status (one index per run write).
+_SQLITE_V3 = (
+    "CREATE INDEX orchestra_runs_lease ON orchestra_runs (status, owner, lease_expires)",
+    "DROP INDEX IF EXISTS orchestra_runs_status",
+)
+
+_POSTGRES_V3 = (
+    "CREATE INDEX runs_lease ON {schema}.runs (status, owner, lease_expires)",
+    "DROP INDEX IF EXISTS {schema}.runs_status",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(version=1, description="initial schema", sqlite=_SQLITE_V1, postgres=_POSTGRES_V1),
     Migration(
@@ -277,6 +290,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         description="fenced and event-consuming batches; an index of ended runs for purging",
         sqlite=_SQLITE_V2,
         postgres=_POSTGRES_V2,
+    ),
+    Migration(
+        version=3,
+        description="an index of runs by status, owner and lease, for finding orphaned runs",
+        sqlite=_SQLITE_V3,
+        postgres=_POSTGRES_V3,
     ),
 )
 """Every migration, in order; the last one's version is the schema this code writes."""

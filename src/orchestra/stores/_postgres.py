@@ -148,6 +148,28 @@ class _SQL:
         )
         self.update_owned_run = self.update_run + " AND owner = $12"
         self.list_runs = f"SELECT {_RUN_COLUMNS} FROM {s}.runs"
+        leased = "status IN ('running', 'waiting')"
+        # Three disjoint seeks in the index (status, owner, lease_expires); parked runs
+        # (waiting, no owner) are never read.
+        self.orphaned_runs = (
+            f"SELECT {_RUN_COLUMNS} FROM ("
+            f"SELECT {_RUN_COLUMNS}, ord FROM {s}.runs WHERE status = 'running' "
+            "AND owner IS NULL "
+            f"UNION ALL SELECT {_RUN_COLUMNS}, ord FROM {s}.runs WHERE {leased} AND owner = $1 "
+            f"UNION ALL SELECT {_RUN_COLUMNS}, ord FROM {s}.runs WHERE {leased} "
+            "AND owner IS NOT NULL AND owner <> $1 AND lease_expires <= $2"
+            ") AS o ORDER BY created, ord"
+        )
+        # The oldest open event of each (name, key), joined with the waits for it.
+        self.matched_waits = (
+            "SELECT w.run_id, w.step, w.event, w.key, w.deadline, "
+            "f.id, f.name, f.key, f.payload, f.received, f.expires, f.consumed "
+            f"FROM (SELECT DISTINCT ON (name, key) {_EVENT_COLUMNS}, ord FROM {s}.events "
+            "WHERE NOT consumed AND key IS NOT NULL AND expires > $1 "
+            "ORDER BY name, key, received, ord) AS f "
+            f"JOIN {s}.waits AS w ON w.event = f.name AND w.key = f.key "
+            "ORDER BY f.received, f.ord, w.ord"
+        )
         self.claim_run = (
             f"UPDATE {s}.runs SET owner = $2, lease_expires = $3 WHERE id = $1 "
             "AND (owner IS NULL OR owner = $2 OR lease_expires <= $4)"
@@ -554,6 +576,14 @@ class PostgresStore(Store):
 
         return await self._call("claim_run", True, claim)
 
+    async def orphaned_runs(self, *, worker: str, now: float) -> list[RunRecord]:
+        """Return the runs that may need a new worker (seeks in an index, no scan)."""
+
+        async def get(conn: Conn) -> list[RunRecord]:
+            return [_run(r) for r in await conn.fetch(self._sql.orphaned_runs, worker, now)]
+
+        return await self._call("orphaned_runs", True, get)
+
     # -- checkpoints ------------------------------------------------------------------
 
     async def _put_checkpoint(self, conn: Conn, c: CheckpointRecord) -> None:
@@ -661,6 +691,15 @@ class PostgresStore(Store):
             return None if row is None else _event(row)
 
         return await self._call("peek_event", True, peek)
+
+    async def matched_waits(self, *, now: float) -> list[tuple[Wait, InboxEvent]]:
+        """Return each wait an inbox event matches, with that event (one query)."""
+
+        async def get(conn: Conn) -> list[tuple[Wait, InboxEvent]]:
+            rows = await conn.fetch(self._sql.matched_waits, now)
+            return [(_wait(r[:5]), _event(r[5:])) for r in rows]
+
+        return await self._call("matched_waits", True, get)
 
     async def consume_event(self, event_id: str) -> None:
         """Mark an event consumed (one conditional UPDATE); ``EventTakenError`` if it was."""

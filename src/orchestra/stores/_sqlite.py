@@ -188,6 +188,40 @@ def _claim_run(conn: sqlite3.Connection, run_id: str, owner: str, until: float, 
     return False
 
 
+_LEASED = "status IN ('running', 'waiting')"
+_ORPHANED_RUNS = (
+    # Three disjoint seeks in the index (status, owner, lease_expires): unowned running
+    # runs, the caller's own, and leased ones (few: those being worked on) with an
+    # expired lease. Parked runs (waiting, no owner) are never read.
+    f"SELECT {_RUN_COLUMNS} FROM ("
+    f"SELECT {_RUN_COLUMNS}, ord FROM orchestra_runs WHERE status = 'running' AND owner IS NULL "
+    f"UNION ALL SELECT {_RUN_COLUMNS}, ord FROM orchestra_runs WHERE {_LEASED} AND owner = ? "
+    f"UNION ALL SELECT {_RUN_COLUMNS}, ord FROM orchestra_runs WHERE {_LEASED} "
+    "AND owner IS NOT NULL AND owner <> ? AND lease_expires <= ?"
+    ") ORDER BY created, ord"
+)
+_MATCHED_WAITS = (
+    # The oldest open event of each (name, key), read in the order of the partial index
+    # of open events; then, for each, its waits by the index (event, key). Driven by the
+    # open events (CROSS JOIN: SQLite keeps that order), never by every wait.
+    "WITH first AS (SELECT id, name, key, payload, received, expires, consumed, ord, "
+    "row_number() OVER (PARTITION BY name, key ORDER BY received, ord) AS rn "
+    "FROM orchestra_events WHERE consumed = 0 AND key IS NOT NULL AND expires > ?) "
+    "SELECT w.run_id, w.step, w.event, w.key, w.deadline, "
+    "f.id, f.name, f.key, f.payload, f.received, f.expires, f.consumed "
+    "FROM first AS f CROSS JOIN orchestra_waits AS w ON w.event = f.name AND w.key = f.key "
+    "WHERE f.rn = 1 ORDER BY f.received, f.ord, w.rowid"
+)
+
+
+def _orphaned_runs(conn: sqlite3.Connection, worker: str, now: float) -> list[RunRecord]:
+    return [_run(r) for r in conn.execute(_ORPHANED_RUNS, (worker, worker, now)).fetchall()]
+
+
+def _matched_waits(conn: sqlite3.Connection, now: float) -> list[tuple[Wait, InboxEvent]]:
+    return [(_wait(r[:5]), _event(r[5:])) for r in conn.execute(_MATCHED_WAITS, (now,))]
+
+
 _last_ord = 0
 
 
@@ -712,6 +746,10 @@ class SQLiteStore(Store):
         """Take the run's lease if it is free, ours or expired (one conditional UPDATE)."""
         return await self._single("claim_run", _claim_run, run_id, owner, until, now)
 
+    async def orphaned_runs(self, *, worker: str, now: float) -> list[RunRecord]:
+        """Return the runs that may need a new worker (seeks in an index, no scan)."""
+        return await self._read("orphaned_runs", _orphaned_runs, worker, now)
+
     # -- checkpoints ------------------------------------------------------------------
 
     async def put_checkpoint(self, checkpoint: CheckpointRecord) -> None:
@@ -798,6 +836,10 @@ class SQLiteStore(Store):
     async def peek_event(self, name: str, key: str, *, now: float) -> InboxEvent | None:
         """Return the oldest matching event without consuming it."""
         return await self._read("peek_event", _peek_event, name, key, now)
+
+    async def matched_waits(self, *, now: float) -> list[tuple[Wait, InboxEvent]]:
+        """Return each wait an inbox event matches, with that event (one query)."""
+        return await self._read("matched_waits", _matched_waits, now)
 
     async def consume_event(self, event_id: str) -> None:
         """Mark an event consumed (one conditional UPDATE); ``EventTakenError`` if it was."""

@@ -208,6 +208,90 @@ class StoreContract:
         assert await store.delete_wait("nope") is None
 
     @pytest.mark.anyio
+    async def test_orphaned_runs(self, store: Store) -> None:
+        """Unowned running runs, the caller's own and expired leases; never parked runs."""
+        runs = [
+            _run("run-free", created=1.0),
+            _run("run-live", owner="w2", lease_expires=60.0, created=2.0),
+            _run("run-expired", owner="w2", lease_expires=50.0, created=3.0),
+            _run("run-mine", owner="me", lease_expires=90.0, created=4.0),
+            _run("run-no-expiry", owner="w2", created=5.0),
+            _run("parked", status="waiting", created=0.5),
+            _run("wait-live", status="waiting", owner="w2", lease_expires=60.0, created=6.0),
+            _run("wait-expired", status="waiting", owner="w2", lease_expires=40.0, created=7.0),
+            _run("wait-mine", status="waiting", owner="me", lease_expires=90.0, created=0.7),
+            _run("done", status="completed", owner="w2", lease_expires=1.0, created=8.0),
+            _run("failed", status="failed", created=9.0),
+            _run("same-time", created=1.0),  # ties of created: in creation order
+        ]
+        for r in runs:
+            await store.create_run(r)
+        found = await store.orphaned_runs(worker="me", now=50.0)
+        assert [r.id for r in found] == [
+            "wait-mine", "run-free", "same-time", "run-expired", "run-mine", "wait-expired",
+        ]  # fmt: skip
+        assert found[0] == runs[8]  # whole records
+        # Leases move runs in and out.
+        assert await store.claim_run("run-free", "w3", until=70.0, now=50.0)
+        assert await store.claim_run("parked", "w3", until=45.0, now=50.0)
+        await store.update_run(_run("run-mine", owner=None, created=4.0))  # given back
+        assert [r.id for r in await store.orphaned_runs(worker="me", now=50.0)] == [
+            "parked", "wait-mine", "same-time", "run-expired", "run-mine", "wait-expired",
+        ]  # fmt: skip
+        async with store.batch() as b:  # batched writes too
+            b.update_run(_run("run-expired", status="completed", created=3.0))
+            b.create_run(_run("new", created=0.1))
+        assert [r.id for r in await store.orphaned_runs(worker="nobody", now=61.0)] == [
+            "new", "parked", "same-time", "run-live", "run-mine", "wait-live", "wait-expired",
+        ]  # fmt: skip
+        assert await store.purge_runs(before=100.0) == 3  # done, failed, run-expired
+        assert await store.orphaned_runs(worker="x", now=0.0) == [
+            await store.get_run(i) for i in ("new", "same-time", "run-mine")
+        ]
+
+    @pytest.mark.anyio
+    async def test_matched_waits(self, store: Store) -> None:
+        """Waits paired with the oldest open, unexpired inbox event of their (event, key)."""
+        assert await store.matched_waits(now=5.0) == []
+        waits = [
+            Wait(run_id="a1", step="s", event="e", key='"a"', deadline=99.0),
+            Wait(run_id="a2", step="s", event="e", key='"a"'),
+            Wait(run_id="b1", step="s", event="e", key='"b"'),
+            Wait(run_id="c1", step="s", event="e", key='"c"'),
+            Wait(run_id="d1", step="s", event="f", key='"a"'),
+            Wait(run_id="g1", step="s", event="g", key='"g"'),
+            Wait(run_id="n1", step="s", event="e", key='"n"'),
+        ]
+        for w in waits:
+            await store.put_wait(w)
+        assert await store.matched_waits(now=5.0) == []
+        events = [
+            _event("a-new", key='"a"', received=3.0),
+            _event("a-old", key='"a"', received=2.0),
+            _event("b-expired", key='"b"', received=1.0, expires=5.0),
+            _event("b-consumed", key='"b"', received=1.0, consumed=True),
+            _event("c-first", key='"c"', received=1.5),
+            _event("c-later", key='"c"', received=1.5),  # same time: the first stored wins
+            _event("no-wait", key='"zzz"', received=0.5),
+            _event("no-key", key=None, received=0.5),
+            _event("g", key='"g"', name="g", received=2.5),
+        ]
+        for e in events:
+            assert await store.add_event(e)
+        pairs = await store.matched_waits(now=5.0)
+        assert [(w.run_id, e.id) for w, e in pairs] == [
+            ("c1", "c-first"), ("a1", "a-old"), ("a2", "a-old"), ("g1", "g"),
+        ]  # fmt: skip
+        assert pairs[1] == (waits[0], events[1])  # whole records
+        await store.consume_event("a-old")
+        await store.delete_wait("g1")
+        await store.put_wait(Wait(run_id="c1", step="s", event="e", key='"zzz"'))
+        assert [(w.run_id, e.id) for w, e in await store.matched_waits(now=5.0)] == [
+            ("c1", "no-wait"), ("a1", "a-new"), ("a2", "a-new"),
+        ]  # fmt: skip
+        assert [(w.run_id, e.id) for w, e in await store.matched_waits(now=1000.0)] == []
+
+    @pytest.mark.anyio
     async def test_inbox(self, store: Store) -> None:
         """Events dedupe by id; the oldest unconsumed unexpired matching one is taken once."""
         assert await store.add_event(_event("e1", received=1.0))
