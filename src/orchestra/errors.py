@@ -9,11 +9,15 @@ Every error the library raises on purpose derives from :class:`OrchestraError`::
     │   ├── HttpError            an HTTP call failed (.status, .url)
     │   ├── StepTimeoutError     a call or fragment ran past its deadline
     │   └── ActionError          a Python function or custom action raised
+    │   └── ContextLimitError    a run's context grew past the engine's limit
     ├── RunFailedError           a run ended in failure (.run_id); ``__cause__`` is the StepError
     ├── EventError               a published event was rejected (payload schema, unknown event)
+    ├── NotDeployedError         no deployed process has this name
     ├── PersistenceError         the store failed
     │   ├── RunNotFoundError
-    │   └── ConflictError
+    │   └── ConflictError        another worker changed the record first
+    │       ├── OwnershipError   the run is held by another owner: nothing was written
+    │       └── EventTakenError  the inbox event was consumed already
     └── SandboxError             the sandbox broke, not the user's script (worker died, limit hit)
 
 Errors carry their data as read-only keyword attributes; code should read those,
@@ -29,10 +33,14 @@ import attrs
 __all__ = [
     "ActionError",
     "ConflictError",
+    "ContextLimitError",
     "DefinitionError",
     "EventError",
+    "EventTakenError",
     "HttpError",
+    "NotDeployedError",
     "OrchestraError",
+    "OwnershipError",
     "PersistenceError",
     "Problem",
     "RunFailedError",
@@ -158,6 +166,18 @@ class ActionError(StepError):
     """A Python function or host-provided action raised; ``__cause__`` is its exception."""
 
 
+class ContextLimitError(StepError):
+    """A run's context grew past the engine's ``max_context_bytes``."""
+
+
+class NotDeployedError(OrchestraError, LookupError):
+    """No deployed process has this name (never deployed, or undeployed)."""
+
+    def __init__(self, process: str) -> None:
+        self.process = process
+        super().__init__(f"process {process!r} is not deployed")
+
+
 class RunFailedError(OrchestraError):
     """A run ended in failure; ``__cause__`` is the :class:`StepError` that ended it."""
 
@@ -184,6 +204,18 @@ class RunNotFoundError(PersistenceError, LookupError):
 
 class ConflictError(PersistenceError):
     """Another worker changed the record first (a lost lease or a stale write)."""
+
+
+class OwnershipError(ConflictError):
+    """A conditional write found the run held by another owner (or by none).
+
+    The writer lost the run's lease: another worker took the run over, or the run was
+    given back. Nothing was written.
+    """
+
+
+class EventTakenError(ConflictError):
+    """``consume_event`` found the inbox event consumed already, or gone: nothing was written."""
 
 
 class SandboxError(OrchestraError):

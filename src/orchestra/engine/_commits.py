@@ -19,7 +19,7 @@ import attrs
 
 from orchestra._json import JSON
 from orchestra.engine._common import Log, canonical
-from orchestra.errors import StepError
+from orchestra.errors import ContextLimitError
 from orchestra.stores import CheckpointRecord, HistoryEntry, HistoryKind, OwnershipError, RunRecord
 
 if TYPE_CHECKING:
@@ -28,10 +28,6 @@ if TYPE_CHECKING:
     from orchestra.stores import Wait
 
 __all__ = ["ContextLimitError", "Writer"]
-
-
-class ContextLimitError(StepError):
-    """A run's context grew past the engine's ``max_context_bytes``."""
 
 
 class Writer:

@@ -6,7 +6,7 @@ import hashlib
 from typing import TYPE_CHECKING
 
 from orchestra.engine._common import canonical
-from orchestra.errors import OrchestraError
+from orchestra.errors import NotDeployedError
 from orchestra.model import Event, Process, ResumeStep
 from orchestra.stores import Version
 
@@ -14,14 +14,6 @@ if TYPE_CHECKING:
     from orchestra.engine._business import Business
 
 __all__ = ["NotDeployedError", "Versions"]
-
-
-class NotDeployedError(OrchestraError, LookupError):
-    """No deployed process has this name (never deployed, or undeployed)."""
-
-    def __init__(self, process: str) -> None:
-        self.process = process
-        super().__init__(f"process {process!r} is not deployed")
 
 
 class Versions:

@@ -39,7 +39,7 @@ from typing import Literal, Self, TypeAlias
 
 import attrs
 
-from orchestra.errors import ConflictError
+from orchestra.errors import EventTakenError, OwnershipError
 from orchestra.stores._batch import Batch, Op, apply_one_by_one
 
 __all__ = [
@@ -170,18 +170,6 @@ def _orphaned(run: RunRecord, worker: str, now: float) -> bool:
     if run.status not in ("running", "waiting") or run.owner is None:
         return False
     return run.owner == worker or (run.lease_expires is not None and run.lease_expires <= now)
-
-
-class OwnershipError(ConflictError):
-    """A conditional write found the run held by another owner (or by none).
-
-    The writer lost the run's lease: another worker took the run over, or the run was
-    given back. Nothing was written.
-    """
-
-
-class EventTakenError(ConflictError):
-    """``consume_event`` found the inbox event consumed already, or gone: nothing was written."""
 
 
 class Subscription(abc.ABC):
