@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "product-page"
 sys.path.insert(0, str(EXAMPLE))
 
-import backends  # noqa: E402
+import backends  # type: ignore[import-not-found]  # noqa: E402
 
 Get = Callable[[str, dict[str, str] | None], Awaitable[tuple[int, Any]]]
 
@@ -132,7 +132,8 @@ def sleep_get(latency: float) -> Get:
 
     async def get(url: str, params: dict[str, str] | None) -> tuple[int, Any]:
         await asyncio.sleep(latency)
-        return backends.respond("GET", urlsplit(url).path, dict(params or {}))
+        status, body = backends.respond("GET", urlsplit(url).path, dict(params or {}))
+        return int(status), body
 
     return get
 

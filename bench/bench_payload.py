@@ -105,13 +105,8 @@ class Contenders:
 
     def _sandbox(self) -> Any:
         if self.args.sandbox == "default":
-            try:
-                from orchestra.sandbox import WorkerSandbox  # type: ignore[attr-defined]  # noqa: F401
-
-                self.sandbox_label = "WorkerSandbox (default)"
-                return None
-            except ImportError:
-                pass  # SWITCH: WorkerSandbox not there yet; measure in process
+            self.sandbox_label = "WorkerSandbox (default)"
+            return None  # the engine makes its own
         from orchestra.sandbox import InProcessSandbox
 
         self.sandbox_label = "InProcessSandbox"

@@ -1,4 +1,4 @@
-"""Benchmark of the sandboxes: per-call latency, throughput and kill-to-ready time.
+"""Benchmark of the sandboxes: per-call latency, batches, throughput and kill-to-ready time.
 
 Run ``python bench/bench_sandbox.py``; prints medians of several rounds as a table.
 """
@@ -13,12 +13,13 @@ from pathlib import Path
 
 import anyio
 
+from orchestra._json import JSON
 from orchestra.errors import StepTimeoutError
-from orchestra.sandbox import InProcessSandbox, SandboxLimits, WorkerSandbox
+from orchestra.sandbox import FragmentCall, InProcessSandbox, SandboxLimits, WorkerSandbox
 
 ROUNDS = 5
 CALLS = 300
-BINDINGS = {
+BINDINGS: dict[str, JSON] = {
     "ctx": {
         **{f"field{i}": i for i in range(10)},
         **{f"name{i}": f"value {i}" for i in range(8)},
@@ -27,6 +28,12 @@ BINDINGS = {
     }
 }
 SOURCE = "ctx.field3 + ctx.name2.length"
+# A processor's request: input, then path and query built from it (one round trip).
+BATCH = (
+    FragmentCall("p.input", "({n: ctx.field3, s: ctx.name2})", bind="input"),
+    FragmentCall("p.path", "({id: input.s})"),
+    FragmentCall("p.query", "({n: input.n, flag: ctx.flag})"),
+)
 
 
 def median_us(samples: list[float]) -> float:
@@ -61,7 +68,7 @@ def raw_pythonmonkey() -> float:
 
 
 async def throughput(sandbox: WorkerSandbox, callers: int) -> float:
-    per_caller = 100
+    per_caller = max(20, 800 // callers)
     rounds = []
     for _ in range(ROUNDS):
         start = time.perf_counter()
@@ -102,6 +109,12 @@ async def main() -> None:
         )
     )
     rows.append(("raw PythonMonkey + JSON text, per call", f"{raw_pythonmonkey():8.1f} us"))
+    rows.append(
+        (
+            "in-process, 3-fragment batch, per batch",
+            f"{await per_call(lambda: inproc.evaluate_all(BATCH, BINDINGS), CALLS * 5):8.1f} us",
+        )
+    )
     async with WorkerSandbox(8) as pool:
         await pool.evaluate(SOURCE, BINDINGS)
         rows.append(
@@ -110,7 +123,13 @@ async def main() -> None:
                 f"{await per_call(lambda: pool.evaluate(SOURCE, BINDINGS)):8.1f} us",
             )
         )
-        for callers in (2, 8):
+        rows.append(
+            (
+                "worker pool, 3-fragment batch (1 caller)",
+                f"{await per_call(lambda: pool.evaluate_all(BATCH, BINDINGS)):8.1f} us",
+            )
+        )
+        for callers in (2, 8, 50):
             await pool.evaluate(SOURCE, BINDINGS)
             rows.append(
                 (

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import pytest
 
+from orchestra._json import JSON
 from orchestra.sandbox import InProcessSandbox, Sandbox, SandboxLimits, WorkerSandbox
 
 MIB = 1024 * 1024
@@ -33,11 +34,38 @@ def inprocess_sandbox() -> InProcessSandbox:
     return InProcessSandbox(max_output_chars=1 * MIB)
 
 
-@pytest.fixture(params=["inprocess", "worker"])
+class EvaluateOnly(Sandbox):
+    """A sandbox that implements only the abstract methods: ``evaluate_all`` is the default."""
+
+    def __init__(self, inner: Sandbox) -> None:
+        self.inner = inner
+
+    async def evaluate(
+        self,
+        source: str,
+        bindings: Mapping[str, JSON],
+        *,
+        name: str = "fragment",
+        timeout: float | None = None,
+    ) -> JSON:
+        return await self.inner.evaluate(source, bindings, name=name, timeout=timeout)
+
+    async def check(self, source: str, *, name: str = "fragment") -> None:
+        await self.inner.check(source, name=name)
+
+
+@pytest.fixture(params=["inprocess", "worker", "evaluate-only"])
 def sandbox(
     request: pytest.FixtureRequest,
     inprocess_sandbox: InProcessSandbox,
     worker_sandbox: WorkerSandbox,
 ) -> Sandbox:
-    """Each implementation of the interface in turn (the contract's parameter)."""
-    return inprocess_sandbox if request.param == "inprocess" else worker_sandbox
+    """Each implementation of the interface in turn (the contract's parameter).
+
+    ``evaluate-only`` checks the base class's own ``evaluate_all`` (one call per fragment).
+    """
+    if request.param == "inprocess":
+        return inprocess_sandbox
+    if request.param == "worker":
+        return worker_sandbox
+    return EvaluateOnly(inprocess_sandbox)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,8 +13,8 @@ import anyio
 import attrs
 import pytest
 
-from orchestra.errors import SandboxError, StepTimeoutError
-from orchestra.sandbox import SandboxLimits, WorkerSandbox, _process
+from orchestra.errors import SandboxError, ScriptError, StepTimeoutError
+from orchestra.sandbox import FragmentCall, SandboxLimits, WorkerSandbox, _pool, _process
 
 pytestmark = pytest.mark.anyio
 
@@ -195,3 +196,195 @@ async def test_worker_env_is_minimal() -> None:
         environ = await anyio.Path(f"/proc/{pid}/environ").read_bytes()
         assert environ.split(b"\0")[0] == b"TZ=UTC"
         assert os.readlink(f"/proc/{pid}/cwd") == "/"
+
+
+# -- pipelining: many calls in flight on one worker ---------------------------------------
+
+BUSY = "let t = Date.now(); while (Date.now() - t < ms) {} return tag"
+
+
+async def test_calls_are_batched_under_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes: list[int] = []
+    send = _pool._Lane.send
+
+    def spy(lane: _pool._Lane, batch: list[_pool._Task]) -> None:
+        sizes.append(len(batch))
+        send(lane, batch)
+
+    monkeypatch.setattr(_pool._Lane, "send", spy)
+    async with WorkerSandbox(1, limits=SandboxLimits(spares=0)) as sandbox:
+        await sandbox.evaluate("0", {})
+        results: dict[int, object] = {}
+
+        async def caller(i: int) -> None:
+            results[i] = await sandbox.evaluate("i * 2", {"i": i})
+
+        sizes.clear()
+        async with anyio.create_task_group() as tg:
+            for i in range(40):
+                tg.start_soon(caller, i)
+        assert results == {i: i * 2 for i in range(40)}
+        assert sum(sizes) == 40
+        assert len(sizes) < 10  # many calls per round trip
+
+
+async def test_hanging_call_among_many_fails_alone() -> None:
+    async with WorkerSandbox(1, limits=SandboxLimits(timeout=5, spares=1)) as sandbox:
+        await sandbox.evaluate("0", {})
+        results: dict[int, object] = {}
+        start = time.monotonic()
+
+        async def caller(i: int) -> None:
+            try:
+                if i == 5:
+                    await sandbox.evaluate("while (true) {}", {}, timeout=0.3, name="hang")
+                else:
+                    results[i] = await sandbox.evaluate("i + 1", {"i": i})
+            except StepTimeoutError as exc:
+                results[i] = exc
+
+        async with anyio.create_task_group() as tg:
+            for i in range(10):
+                tg.start_soon(caller, i)
+        hang = results.pop(5)
+        assert isinstance(hang, StepTimeoutError)
+        assert "'hang'" in str(hang)
+        assert "deadline of 0.3 s" in str(hang)
+        assert results == {i: i + 1 for i in range(10) if i != 5}
+        assert time.monotonic() - start < 5
+        assert await sandbox.evaluate("2", {}) == 2
+
+
+async def test_killed_worker_runs_its_other_calls_again() -> None:
+    async with WorkerSandbox(1, limits=SandboxLimits(timeout=5, spares=1)) as sandbox:
+        await sandbox.evaluate("0", {})
+        busy = sandbox._lanes[0].worker.pid
+        results: dict[str, object] = {}
+
+        async def caller(tag: str, ms: int) -> None:
+            results[tag] = await sandbox.evaluate(BUSY, {"ms": ms, "tag": tag})
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(caller, "slow", 300)
+            tg.start_soon(caller, "a", 0)
+            tg.start_soon(caller, "b", 0)
+            await anyio.sleep(0.1)
+            os.kill(busy, signal.SIGKILL)
+        assert results == {"slow": "slow", "a": "a", "b": "b"}
+        assert busy not in sandbox.worker_pids
+
+
+async def test_cancelled_queued_call_leaves_the_worker_alone() -> None:
+    async with WorkerSandbox(1, limits=SandboxLimits(timeout=5, spares=0)) as sandbox:
+        await sandbox.evaluate("0", {})
+        (pid,) = sandbox.worker_pids
+        results: dict[str, object] = {}
+
+        async def caller(tag: str, ms: int) -> None:
+            results[tag] = await sandbox.evaluate(BUSY, {"ms": ms, "tag": tag})
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(caller, "slow", 200)
+            await anyio.sleep(0.05)  # "slow" runs; the next calls wait for the worker
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await caller("cancelled", 0)
+            tg.start_soon(caller, "after", 0)
+        assert results == {"slow": "slow", "after": "after"}
+        assert sandbox.worker_pids == [pid]
+
+
+async def test_cancelled_call_sent_behind_another_is_dropped() -> None:
+    async with WorkerSandbox(1, limits=SandboxLimits(timeout=5, spares=0)) as sandbox:
+        await sandbox.evaluate("0", {})
+        (pid,) = sandbox.worker_pids
+        results: dict[str, object] = {}
+
+        async def caller(tag: str, ms: int) -> None:
+            results[tag] = await sandbox.evaluate(BUSY, {"ms": ms, "tag": tag})
+
+        async def cancelled() -> None:
+            with anyio.move_on_after(0.1):  # sent right behind "slow", not started by then
+                await caller("cancelled", 0)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(caller, "slow", 200)
+            tg.start_soon(cancelled)
+        await anyio.sleep(0.01)
+        assert results == {"slow": "slow"}
+        assert await sandbox.evaluate("1", {}) == 1
+        assert sandbox.worker_pids == [pid]
+
+
+async def test_batch_deadline_is_per_batch() -> None:
+    async with WorkerSandbox(1, limits=SandboxLimits(timeout=5, spares=0)) as sandbox:
+        frags = [FragmentCall(f"f{i}", BUSY) for i in range(3)]
+        assert await sandbox.evaluate_all(frags, {"ms": 50, "tag": 1}, timeout=1) == [1, 1, 1]
+        with pytest.raises(StepTimeoutError, match="batch of fragments 'f0', 'f1', 'f2'"):
+            await sandbox.evaluate_all(frags, {"ms": 150, "tag": 1}, timeout=0.3)
+
+
+async def test_one_call_per_worker_mode() -> None:
+    """The path taken on event loops other than asyncio, forced here."""
+    async with WorkerSandbox(1, limits=SandboxLimits(timeout=5, spares=0)) as sandbox:
+        sandbox._pipelined = False
+        assert await sandbox.evaluate("a + 1", {"a": 1}) == 2
+        frags = [FragmentCall("x", "a + 1", bind="a"), FragmentCall("y", "a * 10")]
+        assert await sandbox.evaluate_all(frags, {"a": 1}) == [2, 20]
+        with pytest.raises(ScriptError) as info:
+            await sandbox.evaluate_all([FragmentCall("x", "1"), FragmentCall("y", "nope")], {})
+        assert info.value.fragment == "y"
+        await sandbox.check("1 + 1")
+        (pid,) = sandbox.worker_pids
+        with pytest.raises(StepTimeoutError, match="deadline of 0.1 s"):
+            await sandbox.evaluate("while (true) {}", {}, timeout=0.1)
+        assert not alive(pid)
+        results = []
+
+        async def caller(i: int) -> None:
+            results.append(await sandbox.evaluate("i", {"i": i}))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(5):
+                tg.start_soon(caller, i)
+        assert sorted(results) == list(range(5))  # type: ignore[type-var]
+        assert sandbox._lanes == []
+
+
+SECOND_LOOP = """
+import anyio
+from orchestra.sandbox import SandboxLimits, WorkerSandbox
+
+sandbox = WorkerSandbox(1, limits=SandboxLimits(spares=1))
+
+async def use(x):
+    return await sandbox.evaluate("x * 2", {"x": x})
+
+print(anyio.run(use, 1), anyio.run(use, 2), flush=True)
+anyio.run(sandbox.aclose)
+print(sandbox.worker_pids, flush=True)
+"""
+
+
+def test_pool_used_from_a_second_event_loop() -> None:
+    """Not recommended (the first loop's process transports are left behind), but no hang."""
+    out = subprocess.run(
+        [sys.executable, "-c", SECOND_LOOP], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split("\n")[:2] == ["2 4", "[]"]
+
+
+async def test_malformed_reply_kills_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with WorkerSandbox(1, limits=SandboxLimits(spares=0)) as sandbox:
+        assert await sandbox.evaluate("1", {}) == 1
+        (pid,) = sandbox.worker_pids
+
+        def broken(self: _process.WorkerProcess, line: bytes) -> bytes:
+            raise ValueError("not a reply")
+
+        monkeypatch.setattr(_process.WorkerProcess, "account", broken)
+        with pytest.raises(SandboxError, match="malformed reply"):
+            await sandbox.evaluate("2", {})
+        monkeypatch.undo()
+        assert not alive(pid)
+        assert await sandbox.evaluate("3", {}) == 3

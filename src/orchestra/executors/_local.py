@@ -34,8 +34,21 @@ class LocalExecutor(Executor):
         await anyio.sleep(max(0.0, seconds))
 
     def fail_after(self, seconds: float | None) -> AbstractAsyncContextManager[None]:
-        """Return an ``anyio.fail_after`` scope (or no deadline for ``None``)."""
-        return _fail_after(seconds)
+        """Return a scope that raises ``TimeoutError`` after ``seconds`` (none for ``None``).
+
+        On asyncio it is ``asyncio.timeout`` (a third of the cost of an anyio cancel scope
+        in a generator, on every HTTP call); on other event loops ``anyio.fail_after``.
+        """
+        import asyncio  # imported here: only this method changed for speed
+        import contextlib
+
+        if seconds is None:
+            return contextlib.nullcontext()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return _fail_after(seconds)
+        return asyncio.timeout(seconds)  # type: ignore[return-value]
 
     async def run_sync(self, func: Callable[[], T]) -> T:
         """Run ``func`` in a worker thread."""

@@ -15,7 +15,7 @@ import httpx
 
 from orchestra._json import JSON
 from orchestra.errors import HttpError, StepTimeoutError
-from orchestra.executors import Executor
+from orchestra.executors import Executor, LocalExecutor
 from orchestra.http._auth import TokenCache, auth_headers
 from orchestra.http._client import EngineClient
 from orchestra.http._transport import FastTransport, fetch
@@ -90,6 +90,9 @@ async def perform(
         headers.setdefault("Content-Type", "application/json")
     retryable_method = call.retry.allows(call.method)
     short = client.short_path() if isinstance(client, EngineClient) else None
+    # A real-time executor's deadline bounds the whole call, so the transport needs no
+    # deadline of its own per read (each costs a timer); a virtual clock's does not.
+    read_timeout = None if type(executor) is LocalExecutor else call.timeout
     stale: str | None = None
     refreshed = False
     attempt = 0
@@ -105,8 +108,9 @@ async def perform(
             async with executor.fail_after(call.timeout):
                 if short is not None:
                     status, resp_headers, body = await _send_short(
-                        client, short, call, url, query=query, headers=headers, content=content
-                    )
+                        client, short, call, url, query=query, headers=headers,
+                        content=content, timeout=read_timeout,
+                    )  # fmt: skip
                 else:
                     request = client.build_request(
                         call.method,
@@ -159,13 +163,14 @@ async def _send_short(
     query: Mapping[str, Any],
     headers: Mapping[str, str],
     content: bytes | None,
+    timeout: float | None,
 ) -> tuple[int, dict[str, str], JSON]:
     """Send on the engine's own client without httpx request and response objects."""
     limit = call.max_response_bytes
     try:
         status, resp_headers, raw = await fetch(
             transport, call.method, url, query=query, headers=headers, body=content,
-            timeout=call.timeout, limit=limit, follow_redirects=client.follow_redirects,
+            timeout=timeout, limit=limit, follow_redirects=client.follow_redirects,
             max_redirects=client.max_redirects,
         )  # fmt: skip
     except ValueError as exc:  # over the size limit

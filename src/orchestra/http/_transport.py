@@ -52,6 +52,19 @@ class RawResponse:
 
     async def read(self, limit: int | None = None) -> bytes:
         """Read the whole body (at most ``limit`` bytes, else ``ValueError``) and release."""
+        conn = self._conn
+        if self._mode == 1 and conn is not None and self._left <= _CHUNK:
+            if limit is not None and self._left > limit:
+                await self.aclose()
+                raise ValueError(f"response is over the limit of {limit} bytes")
+            try:  # the usual small body with a length: one read, no generator
+                data: bytes = await _read(conn.reader.readexactly(self._left), self._read_timeout)
+            except BaseException:
+                self._close()
+                raise
+            self._left = 0
+            self._release()
+            return data
         parts = []
         size = 0
         async for chunk in self.iter_chunks():

@@ -3,13 +3,47 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Self
 
-from orchestra._json import JSON
+import attrs
 
-__all__ = ["Sandbox"]
+from orchestra._json import JSON
+from orchestra.errors import ScriptError
+
+__all__ = ["FragmentCall", "Sandbox"]
+
+
+@attrs.frozen(cache_hash=True)
+class FragmentCall:
+    """One fragment of a batch run by :meth:`Sandbox.evaluate_all`.
+
+    Attributes:
+        name: labels the fragment in errors (``"price.query"``).
+        source: the fragment's JavaScript (an expression or a function body).
+        bind: if set, later fragments of the batch see this fragment's result under this
+            name (a JavaScript identifier), as JSON data, in place of any binding of
+            that name.
+        guard: if true and the result is falsy by JavaScript's rules (``false``, ``0``,
+            ``""``, ``null``), the batch stops after this fragment.
+
+    """
+
+    name: str
+    source: str
+    bind: str | None = None
+    guard: bool = False
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*\Z")
+
+
+def _falsy(value: JSON) -> bool:
+    if isinstance(value, (list, dict)):
+        return False
+    return not value
 
 
 class Sandbox(abc.ABC):
@@ -39,6 +73,40 @@ class Sandbox(abc.ABC):
         ``name`` labels the fragment in errors; ``timeout`` (seconds) overrides the
         sandbox's default deadline.
         """
+
+    async def evaluate_all(
+        self,
+        fragments: Sequence[FragmentCall],
+        bindings: Mapping[str, JSON],
+        *,
+        timeout: float | None = None,
+    ) -> list[JSON]:
+        """Run ``fragments`` in order on ``bindings``, as one batch, and return their results.
+
+        Each fragment sees ``bindings`` (fresh copies, as with :meth:`evaluate`) plus the
+        results of earlier fragments that have a :attr:`~FragmentCall.bind` name. A
+        :attr:`~FragmentCall.guard` fragment with a falsy result ends the batch, so the
+        list can be shorter than ``fragments``. The first error stops the batch and is
+        raised as :meth:`evaluate` would raise it, naming the failing fragment.
+
+        ``timeout`` (seconds) is the deadline of the **whole batch**, not of each
+        fragment. Implementations override this to run a batch in one round trip; this
+        default calls :meth:`evaluate` once per fragment (each with ``timeout``).
+        """
+        for f in fragments:
+            if f.bind is not None and not _IDENTIFIER.match(f.bind):
+                msg = f"bind name {f.bind!r} is not a JavaScript identifier"
+                raise ScriptError(msg, fragment=f.name)
+        scope = dict(bindings)
+        results: list[JSON] = []
+        for f in fragments:
+            value = await self.evaluate(f.source, scope, name=f.name, timeout=timeout)
+            results.append(value)
+            if f.bind is not None:
+                scope[f.bind] = value
+            if f.guard and _falsy(value):
+                break
+        return results
 
     @abc.abstractmethod
     async def check(self, source: str, *, name: str = "fragment") -> None:

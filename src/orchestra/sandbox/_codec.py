@@ -9,13 +9,21 @@ from __future__ import annotations
 import json
 import json.encoder
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from orchestra._json import JSON
 from orchestra.errors import SandboxError, ScriptError
+from orchestra.sandbox._base import FragmentCall
 
-__all__ = ["MAX_SAFE_INTEGER", "check_request", "decode_reply", "run_request"]
+__all__ = [
+    "MAX_SAFE_INTEGER",
+    "batch_request",
+    "check_request",
+    "decode_batch",
+    "decode_reply",
+    "run_request",
+]
 
 MAX_SAFE_INTEGER = 2**53 - 1
 """Largest integer a JavaScript number holds exactly; larger bindings are rejected."""
@@ -55,23 +63,70 @@ def _make_encode() -> Callable[[object], str]:
 _encode = _make_encode()
 
 
+_NAMES: set[str] = set()  # binding names already found to be identifiers
+
+
+def _encode_bindings(bindings: Mapping[str, JSON], name: str) -> str:
+    """``"n":[names]`` and each value's own JSON text after a tab (the runner's framing)."""
+    for key in bindings:
+        if key not in _NAMES:
+            if not isinstance(key, str) or not _IDENTIFIER.match(key):
+                msg = f"binding name {key!r} is not a JavaScript identifier"
+                raise ScriptError(msg, fragment=name)
+            if len(_NAMES) < 4096:
+                _NAMES.add(key)
+    if not bindings:
+        return '"n":[]}'
+    try:
+        texts = [_encode(value) for value in bindings.values()]
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ScriptError(f"bindings are not JSON: {exc}", fragment=name) from None
+    text = "\t".join(texts)
+    if _SIXTEEN_DIGITS in text.encode("ascii").translate(_DIGITS):
+        for key, value in bindings.items():
+            _check_integers(value, key, name)
+    # Names are identifiers: nothing in them needs escaping.
+    return '"n":["' + '","'.join(bindings) + '"]}\t' + text
+
+
+_FRAGMENTS: dict[tuple[FragmentCall, ...], str] = {}
+_FRAGMENTS_CACHE = 1024
+
+
+def _encode_fragments(fragments: tuple[FragmentCall, ...]) -> str:
+    text = _FRAGMENTS.get(fragments)
+    if text is None:
+        for f in fragments:
+            if f.bind is not None and not _IDENTIFIER.match(f.bind):
+                msg = f"bind name {f.bind!r} is not a JavaScript identifier"
+                raise ScriptError(msg, fragment=f.name)
+        text = _ENCODER.encode([[f.source, f.bind, 1 if f.guard else 0] for f in fragments])
+        if len(_FRAGMENTS) >= _FRAGMENTS_CACHE:
+            _FRAGMENTS.clear()
+        _FRAGMENTS[fragments] = text
+    return text
+
+
+def batch_request(fragments: Sequence[FragmentCall], bindings: Mapping[str, JSON]) -> str:
+    """Build the request text that runs ``fragments`` in order on ``bindings``.
+
+    Raises :class:`~orchestra.ScriptError` (naming the first fragment) when a binding name
+    is not an identifier or a value is not JSON (NaN, infinities, non-JSON types,
+    integers beyond ±(2^53-1)), and (naming the fragment) when a ``bind`` name is not an
+    identifier.
+    """
+    frags = fragments if isinstance(fragments, tuple) else tuple(fragments)
+    head = _encode_fragments(frags)
+    return '{"f":' + head + "," + _encode_bindings(bindings, frags[0].name if frags else "x")
+
+
 def run_request(source: str, bindings: Mapping[str, JSON], name: str) -> str:
-    """Build the request text that runs ``source`` on ``bindings``.
+    """Build the request text that runs ``source`` on ``bindings`` (a batch of one).
 
     Raises :class:`~orchestra.ScriptError` when a binding name is not an identifier or
     a value is not JSON (NaN, infinities, non-JSON types, integers beyond ±(2^53-1)).
     """
-    for key in bindings:
-        if not isinstance(key, str) or not _IDENTIFIER.match(key):
-            raise ScriptError(f"binding name {key!r} is not a JavaScript identifier", fragment=name)
-    try:
-        text = _encode(bindings if isinstance(bindings, dict) else dict(bindings))
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise ScriptError(f"bindings are not JSON: {exc}", fragment=name) from None
-    if _SIXTEEN_DIGITS in text.encode("ascii").translate(_DIGITS):
-        for key, value in bindings.items():
-            _check_integers(value, key, name)
-    return '{"s":' + _ENCODER.encode(source) + ',"b":' + text + "}"
+    return batch_request((FragmentCall(name, source),), bindings)
 
 
 def check_request(source: str) -> str:
@@ -95,19 +150,78 @@ def _check_integers(value: object, path: str, name: str) -> None:
             _check_integers(v, f"{path}[{i}]", name)
 
 
-def decode_reply(text: str | bytes, name: str) -> JSON:
-    """Turn the runner's reply text into the result, or raise the error it describes."""
+# The decoder's scanner: replies have no whitespace to skip, so this is json.loads minus
+# its checks (the end is checked below).
+_SCAN: Callable[[str, int], tuple[Any, int]] = json.decoder.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_OK = '{"ok":['
+
+
+def _parse(text: str | bytes, name: str) -> dict[str, Any]:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "surrogatepass")
     try:
-        reply: Any = json.loads(text)
+        reply, end = _SCAN(text, 0)
     except RecursionError:
         raise ScriptError("the result is nested too deeply for the host", fragment=name) from None
-    except ValueError as exc:
+    except (ValueError, StopIteration) as exc:
         raise SandboxError(f"fragment {name!r}: malformed reply from the sandbox: {exc}") from None
-    if not isinstance(reply, dict):
+    if end != len(text) or not isinstance(reply, dict):
         raise SandboxError(f"fragment {name!r}: malformed reply from the sandbox")
+    return reply
+
+
+def decode_reply(text: str | bytes, name: str) -> JSON:
+    """Turn the runner's reply text to a compile request into ``None``, or raise its error."""
+    reply = _parse(text, name)
     if "ok" in reply:
         result: JSON = reply["ok"]
         return result
+    return _raise(reply, name)
+
+
+def decode_batch(text: str | bytes, fragments: Sequence[FragmentCall]) -> list[JSON]:
+    """Turn the runner's reply text to a batch into its results, or raise the error it describes.
+
+    The error names the fragment that failed.
+    """
+    first = fragments[0].name if fragments else "fragment"
+    try:
+        reply = _parse(text, first)
+    except ScriptError:
+        if len(fragments) == 1:
+            raise
+        raise ScriptError(
+            "the result is nested too deeply for the host", fragment=_too_deep(text, fragments)
+        ) from None
+    if "ok" in reply:
+        results = reply["ok"]
+        if not isinstance(results, list) or len(results) > len(fragments):
+            raise SandboxError(f"fragment {first!r}: malformed reply from the sandbox")
+        return results
+    index = reply.get("i")
+    name = first
+    if isinstance(index, int) and 0 <= index < len(fragments):
+        name = fragments[index].name
+    return _raise(reply, name)  # type: ignore[return-value]
+
+
+def _too_deep(text: str | bytes, fragments: Sequence[FragmentCall]) -> str:
+    """The name of the fragment whose result the host cannot parse (results one by one)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "surrogatepass")
+    pos = len(_OK)
+    for f in fragments:
+        try:
+            _, pos = _SCAN(text, pos)
+        except RecursionError:
+            return f.name
+        except (ValueError, StopIteration):
+            break
+        pos += 1  # the comma
+    return fragments[0].name
+
+
+def _raise(reply: dict[str, Any], name: str) -> JSON:
     message = str(reply.get("e", "unknown error"))
     kind = reply.get("k")
     if kind == "oom":

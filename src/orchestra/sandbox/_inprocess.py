@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from orchestra._json import JSON
-from orchestra.sandbox._base import Sandbox
-from orchestra.sandbox._codec import check_request, decode_reply, run_request
+from orchestra.sandbox._base import FragmentCall, Sandbox
+from orchestra.sandbox._codec import batch_request, check_request, decode_batch, decode_reply
 
 __all__ = ["InProcessSandbox"]
 
@@ -51,8 +51,23 @@ class InProcessSandbox(Sandbox):
         timeout: float | None = None,
     ) -> JSON:
         """Run ``source`` in process; see :meth:`Sandbox.evaluate`. ``timeout`` is ignored."""
-        request = run_request(source, bindings, name)
-        return decode_reply(self._js()(request), name)
+        fragments = (FragmentCall(name, source),)
+        return decode_batch(self._js()(batch_request(fragments, bindings)), fragments)[0]
+
+    async def evaluate_all(
+        self,
+        fragments: Sequence[FragmentCall],
+        bindings: Mapping[str, JSON],
+        *,
+        timeout: float | None = None,
+    ) -> list[JSON]:
+        """Run a batch in one call into the engine; see :meth:`Sandbox.evaluate_all`.
+
+        ``timeout`` is ignored.
+        """
+        if not fragments:
+            return []
+        return decode_batch(self._js()(batch_request(fragments, bindings)), fragments)
 
     async def check(self, source: str, *, name: str = "fragment") -> None:
         """Compile ``source``; see :meth:`Sandbox.check`."""

@@ -1,21 +1,276 @@
-"""The default sandbox: a pool of hardened PythonMonkey worker processes."""
+"""The default sandbox: a pool of hardened PythonMonkey worker processes.
+
+On asyncio (the usual case) calls are *pipelined*: each call is one request line, queued
+in FIFO order; a worker with nothing in flight takes every queued request (up to a cap)
+in one write, and answers them in order, one reply line each, as each is done. Under
+load this turns many small round trips into a few large ones, which is what costs: on
+a busy machine each wake-up of another process costs far more than running a fragment.
+Deadlines, deaths and cancellation stay per call (see :class:`_Lane`). On other anyio
+backends each call takes a worker for itself (one request in flight per worker).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 import anyio
 
 from orchestra._json import JSON
 from orchestra.errors import SandboxError, StepTimeoutError
-from orchestra.sandbox._base import Sandbox
-from orchestra.sandbox._codec import check_request, decode_reply, run_request
+from orchestra.sandbox._base import FragmentCall, Sandbox
+from orchestra.sandbox._codec import batch_request, check_request, decode_batch, decode_reply
 from orchestra.sandbox._limits import SandboxLimits
-from orchestra.sandbox._process import WorkerDied, WorkerProcess
+from orchestra.sandbox._process import WorkerDied, WorkerProcess, max_reply_bytes
 
 __all__ = ["WorkerSandbox"]
+
+# At most this many requests, and about this many bytes, go to a worker in one write.
+_MAX_BATCH = 32
+_MAX_BATCH_BYTES = 1 << 20
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _label(fragments: Sequence[FragmentCall]) -> str:
+    if len(fragments) == 1:
+        return f"fragment {fragments[0].name!r}"
+    return "batch of fragments " + ", ".join(repr(f.name) for f in fragments)
+
+
+class _Fault:
+    """Why a pipelined call got no reply: it must be retried, it timed out, or the worker died."""
+
+    __slots__ = ("kind", "worker")
+
+    def __init__(self, kind: str, worker: WorkerProcess | None = None) -> None:
+        self.kind = kind  # "retry", "timeout", "died", "closed"
+        self.worker = worker
+
+
+_RETRY = _Fault("retry")
+_CLOSED = _Fault("closed")
+
+
+class _Task:
+    """One pipelined call: its request line and the future its caller awaits."""
+
+    __slots__ = ("data", "fut", "lane", "max_line", "solo", "timeout")
+
+    def __init__(self, data: bytes, timeout: float, max_line: int) -> None:
+        self.data = data
+        self.timeout = timeout
+        self.max_line = max_line
+        self.fut: asyncio.Future[bytes | _Fault] | None = None
+        self.lane: _Lane | None = None
+        self.solo = False  # run it alone: it was in flight when its worker was killed
+
+
+class _Lane:
+    """A ready worker on an asyncio loop, with the calls in flight on it, oldest first.
+
+    Its pipe is watched for the worker's whole life (``loop.add_reader``), so a reply
+    costs one read and no registration. The worker answers in order and writes its
+    replies in bursts (when it has answered all it has read, or every 0.5 ms), so the
+    host knows which calls are done, not which one runs. Deadlines count from the last
+    reply read (or from sending): one lazy timer per lane fires at the soonest deadline
+    of the calls in flight, first reads what is waiting, and if that deadline has passed
+    kills the worker. With one call unanswered, that call fails
+    (:class:`~orchestra.StepTimeoutError`, or :class:`~orchestra.SandboxError` if the
+    worker died); with several, none is blamed and each runs again on its own on
+    another worker, where the guilty one fails alone. The cost falls on the rare failure:
+    a hung call is reported after up to two deadlines.
+    """
+
+    def __init__(self, pool: WorkerSandbox, worker: WorkerProcess) -> None:
+        self.pool = pool
+        self.worker = worker
+        self.loop = asyncio.get_running_loop()
+        self.inflight: collections.deque[_Task] = collections.deque()
+        self.buffer = worker.take_buffer()
+        self.pending = bytearray()  # request bytes not yet written
+        self.started = 0.0  # when the oldest call in flight started
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+        self.retiring = False
+        self.closed = False
+        self.to_worker, self.from_worker = worker.fds
+        self.loop.add_reader(self.from_worker, self._on_readable)
+
+    # -- sending -------------------------------------------------------------------------
+
+    def send(self, batch: list[_Task]) -> None:
+        """Write ``batch`` to the worker (which has nothing in flight)."""
+        for task in batch:
+            task.lane = self
+            self.inflight.append(task)
+        self.started = self.loop.time()
+        self._arm(self._deadline())
+        data = batch[0].data if len(batch) == 1 else b"".join(t.data for t in batch)
+        if self.pending:
+            self.pending += data
+            return
+        try:
+            n = os.write(self.to_worker, data)
+        except BlockingIOError:
+            n = 0
+        except OSError:  # the worker is gone; the reader sees its end
+            return
+        if n < len(data):
+            self.pending += data[n:]
+            self.loop.add_writer(self.to_worker, self._on_writable)
+
+    def _on_writable(self) -> None:
+        try:
+            n = os.write(self.to_worker, self.pending)
+        except BlockingIOError:
+            return
+        except OSError:
+            n = len(self.pending)
+        del self.pending[:n]
+        if not self.pending:
+            self.loop.remove_writer(self.to_worker)
+
+    # -- receiving -----------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        try:
+            chunk = os.read(self.from_worker, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._lost()
+            return
+        buffer = self.buffer
+        buffer += chunk
+        inflight = self.inflight
+        end = buffer.rfind(b"\n")
+        if end >= 0:
+            lines = bytes(buffer[:end]).split(b"\n")
+            del buffer[: end + 1]
+            account = self.worker.account
+            for line in lines:
+                if not inflight:  # a reply nobody asked for: the worker is broken
+                    self._close(requeue=True)
+                    return
+                try:
+                    reply = account(line)
+                except ValueError:  # not "<rss> <json>": the worker is broken
+                    self._fail_head(_Fault("malformed", self.worker))
+                    return
+                fut = inflight.popleft().fut
+                assert fut is not None
+                if not fut.done():
+                    fut.set_result(reply)
+                if reply[:5] == b'{"e":' and b'"k":"oom"' in reply[:80]:
+                    self._close(requeue=True)  # the engine may be left in a poor state
+                    return
+            self.started = self.loop.time()
+        if inflight:
+            if len(buffer) > inflight[0].max_line:
+                self._fail_head(_Fault("too large", self.worker))
+            elif end >= 0:
+                self._arm(self._deadline())
+        elif buffer:  # a reply nobody asked for: the worker is broken
+            self._close(requeue=True)
+        else:
+            self.pool._lane_idle(self)
+
+    def drained(self) -> bool:
+        """Whether the lane has nothing in flight."""
+        return not self.inflight
+
+    # -- deadlines -----------------------------------------------------------------------
+
+    def _deadline(self) -> float:
+        """When the worker must have answered again: the soonest deadline in flight.
+
+        Replies come in bursts, so which call runs is not known; the call with the
+        soonest deadline may run now. Past it the worker is killed and, if several calls
+        were unanswered, each runs again on its own (see :meth:`_fail_head`).
+        """
+        return self.started + min(t.timeout for t in self.inflight)
+
+    def _arm(self, at: float) -> None:
+        if self.timer is not None:
+            if self.timer_at <= at:
+                return
+            self.timer.cancel()
+        self.timer_at = at
+        self.timer = self.loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if self.closed:
+            return
+        self._on_readable()  # replies that came in while the loop was busy count
+        if self.closed or not self.inflight:
+            return
+        deadline = self._deadline()
+        if self.loop.time() < deadline:
+            self._arm(deadline)
+            return
+        self._fail_head(_Fault("timeout", self.worker))
+
+    # -- ending --------------------------------------------------------------------------
+
+    def _fail_head(self, fault: _Fault) -> None:
+        """The running call failed with ``fault``; the worker is killed, the rest retried.
+
+        The worker writes replies in bursts, so with several calls unanswered the one
+        running is not known: then none is blamed, all run again, each on its own, and
+        the guilty one fails there.
+        """
+        if len(self.inflight) > 1 and fault.kind in ("timeout", "died"):
+            for task in self.inflight:
+                task.solo = True
+            self._close(requeue=True)
+            return
+        head = self.inflight.popleft()
+        assert head.fut is not None
+        reported = not head.fut.done()
+        if reported:
+            head.fut.set_result(fault)
+        for task in self.inflight:
+            task.solo = True
+        self._close(requeue=True, keep_pipes=reported and fault.kind == "died")
+
+    def _lost(self) -> None:
+        """The worker closed its end: it died. Its running call gets the news."""
+        if self.inflight:
+            self._fail_head(_Fault("died", self.worker))
+        else:
+            self._close(requeue=True)
+
+    def _close(self, *, requeue: bool, keep_pipes: bool = False) -> None:
+        """Stop using the worker; kill it unless ``keep_pipes`` (its caller reads stderr)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.loop.remove_reader(self.from_worker)
+        if self.pending:
+            self.loop.remove_writer(self.to_worker)
+            self.pending.clear()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        for task in self.inflight:
+            assert task.fut is not None
+            if not task.fut.done():
+                task.fut.set_result(_RETRY if requeue else _CLOSED)
+        self.inflight.clear()
+        self.pool._lane_closed(self, keep_pipes=keep_pipes)
 
 
 class WorkerSandbox(Sandbox):
@@ -23,20 +278,23 @@ class WorkerSandbox(Sandbox):
 
     Each worker is a separate ``python -I -S`` process that loads only PythonMonkey's
     engine, removes everything that is not plain ECMAScript, freezes the intrinsics and
-    then serves one request at a time over JSON text pipes. The host never runs
-    fragment code, so the event loop is never blocked. See
-    ``docs/explanation/sandbox.md`` for the threat model.
+    then serves requests in order over JSON text pipes. The host never runs fragment
+    code, so the event loop is never blocked. See ``docs/explanation/sandbox.md`` for the
+    threat model.
 
     Args:
         size: the most workers running calls at once (default ``os.cpu_count()``).
-            Workers start lazily, on demand; callers beyond ``size`` wait in FIFO order.
+            Workers start lazily, on demand; calls beyond what they can take wait in
+            FIFO order. On asyncio, a worker with nothing to do takes all waiting calls
+            (up to 32) in one round trip and answers each as soon as it is done.
         limits: deadlines, memory and size caps, recycling (:class:`SandboxLimits`).
 
     Faults stay local to their call: a deadline kills the worker
     (:class:`~orchestra.StepTimeoutError`); a worker that dies, runs out of memory or
-    returns too much gives :class:`~orchestra.SandboxError`; the pool replaces the
-    worker from a warm spare. Bind one instance to one event loop; use one pool per
-    tenant or trust domain. Call :meth:`aclose` (or use ``async with``) to stop it.
+    returns too much gives :class:`~orchestra.SandboxError`; other calls that were
+    queued on that worker run again on another one; the pool replaces the worker from a
+    warm spare. Bind one instance to one event loop; use one pool per tenant or trust
+    domain. Call :meth:`aclose` (or use ``async with``) to stop it.
 
     """
 
@@ -52,6 +310,15 @@ class WorkerSandbox(Sandbox):
         self._all: set[WorkerProcess] = set()
         self._pending_spares = 0
         self._closed = False
+        # Pipelined mode (asyncio): None until the first call decides.
+        self._pipelined: bool | None = None
+        self._queue: collections.deque[_Task] = collections.deque()
+        self._lanes: list[_Lane] = []
+        self._starting = 0
+        self._dispatching = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._max_line: dict[int, int] = {}  # longest reply, by fragments in the batch
+        self._killed: set[WorkerProcess] = set()  # killed, not yet reaped
 
     async def evaluate(
         self,
@@ -62,22 +329,52 @@ class WorkerSandbox(Sandbox):
         timeout: float | None = None,
     ) -> JSON:
         """Run ``source`` in a worker; see :meth:`Sandbox.evaluate`."""
-        request = run_request(source, bindings, name)
-        reply = await self._call(request, name, timeout)
-        return decode_reply(reply, name)
+        fragments = (FragmentCall(name, source),)
+        request = batch_request(fragments, bindings)
+        reply = await self._call(request, fragments, timeout)
+        return decode_batch(reply, fragments)[0]
+
+    async def evaluate_all(
+        self,
+        fragments: Sequence[FragmentCall],
+        bindings: Mapping[str, JSON],
+        *,
+        timeout: float | None = None,
+    ) -> list[JSON]:
+        """Run a batch in one worker call; see :meth:`Sandbox.evaluate_all`.
+
+        ``timeout`` bounds the whole batch. A batch counts as one call towards
+        ``max_calls_per_worker``.
+        """
+        if not fragments:
+            return []
+        request = batch_request(fragments, bindings)
+        reply = await self._call(request, fragments, timeout)
+        return decode_batch(reply, fragments)
 
     async def check(self, source: str, *, name: str = "fragment") -> None:
         """Compile ``source`` in a worker; see :meth:`Sandbox.check`."""
-        reply = await self._call(check_request(source), name, None)
+        reply = await self._call(check_request(source), (FragmentCall(name, source),), None)
         decode_reply(reply, name)
 
     async def aclose(self) -> None:
         """Kill every worker, busy or not; later calls raise :class:`~orchestra.SandboxError`."""
         self._closed = True
-        workers = list(self._all)
+        for lane in list(self._lanes):
+            lane._close(requeue=False)
+        for task in self._queue:
+            if task.fut is not None and not task.fut.done():
+                task.fut.set_result(_CLOSED)
+        self._queue.clear()
+        workers = list(self._all | self._killed)
         self._all.clear()
+        self._killed.clear()
         self._idle.clear()
         self._spares.clear()
+        if self._loop is not None and self._loop is not _running_loop():
+            for worker in workers:  # started on an event loop that is gone: cannot wait
+                worker.kill_now()
+            return
         with anyio.CancelScope(shield=True):
             for worker in workers:
                 await worker.kill()
@@ -87,15 +384,252 @@ class WorkerSandbox(Sandbox):
         """Process ids of the running workers, spares included (for monitoring and tests)."""
         return sorted(w.pid for w in self._all if not w.dead)
 
-    async def _call(self, request: str, name: str, timeout: float | None) -> bytes:
+    async def _call(
+        self, request: str, fragments: Sequence[FragmentCall], timeout: float | None
+    ) -> bytes:
         deadline = self.limits.timeout if timeout is None else timeout
+        n = len(fragments)
+        max_line = self._max_line.get(n)
+        if max_line is None:
+            max_line = self._max_line[n] = max_reply_bytes(self.limits, n)
+        if self._pipelined is None:
+            try:
+                asyncio.get_running_loop()
+                self._pipelined = hasattr(asyncio.get_running_loop(), "add_reader")
+            except RuntimeError:
+                self._pipelined = False
+        if not self._pipelined:
+            return await self._single_call(request, fragments, deadline, max_line)
+        # -- pipelined mode (asyncio), inline: this runs for every call --
+        task = _Task(request.encode("ascii") + b"\n", deadline, max_line)
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._rebind(loop)
+        retry = False
+        while True:
+            if self._closed:
+                raise SandboxError("the sandbox is closed")
+            fut: asyncio.Future[bytes | _Fault] = loop.create_future()
+            task.fut, task.lane = fut, None
+            if retry:  # it has waited its turn already
+                self._queue.appendleft(task)
+            else:
+                self._queue.append(task)
+            self._soon()
+            if len(self._lanes) + self._starting < self.size and not self._has_idle_lane():
+                try:
+                    await self._add_lane()
+                except Exception:
+                    if task.lane is None:  # nobody took the call: the failure is its answer
+                        with contextlib.suppress(ValueError):
+                            self._queue.remove(task)
+                        fut.cancel()
+                        raise
+                except BaseException:
+                    await self._settle(task)
+                    raise
+            try:
+                result = await fut
+            except asyncio.CancelledError:
+                await self._settle(task)
+                raise
+            if isinstance(result, bytes):
+                if self._killed:
+                    self._sweep()
+                return result
+            if result.kind == "retry":
+                retry = True
+                continue
+            if result.kind == "closed":
+                raise SandboxError("the sandbox is closed")
+            worker = result.worker
+            assert worker is not None
+            if result.kind == "timeout":
+                await worker.reap()
+                self._killed.discard(worker)
+                msg = f"ran past its deadline of {task.timeout:g} s; the worker was killed"
+                raise StepTimeoutError(f"{_label(fragments)} {msg}")
+            if result.kind in ("too large", "malformed"):
+                await worker.reap()
+                self._killed.discard(worker)
+                msg = (
+                    "the sandbox worker sent a reply larger than the output limit"
+                    if result.kind == "too large"
+                    else "the sandbox worker sent a malformed reply; it was killed"
+                )
+                raise SandboxError(f"{_label(fragments)}: {msg}")
+            exc = await worker.died()  # "died": read its stderr, then kill it
+            self._all.discard(worker)
+            raise SandboxError(f"{_label(fragments)}: {exc}") from None
+
+    async def _settle(self, task: _Task) -> None:
+        """The caller of ``task`` is leaving early (cancelled): take the task back.
+
+        Queued: dropped. Running on a worker: the worker is killed (the calls behind it
+        run again elsewhere). Sent but not started: left to run, its reply ignored.
+        """
+        lane = task.lane
+        fut = task.fut
+        assert fut is not None
+        if fut.done() and not fut.cancelled():
+            fault = fut.result()
+            if isinstance(fault, _Fault) and fault.worker is not None:
+                await fault.worker.kill()  # it failed this call; nobody else will end it
+                self._all.discard(fault.worker)
+                self._killed.discard(fault.worker)
+            return
+        if lane is None:
+            with contextlib.suppress(ValueError):
+                self._queue.remove(task)
+            return
+        if lane.closed or not lane.inflight or lane.inflight[0] is not task:
+            return
+        if not fut.done():
+            fut.cancel()
+        worker = lane.worker
+        lane._fail_head(_Fault("cancelled", worker))
+        await worker.reap()
+        self._killed.discard(worker)
+
+    def _rebind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """First call, or a call from another event loop: drop workers bound to the old one.
+
+        A lane's pipe is watched by the loop it started on; after ``asyncio.run`` ends,
+        that loop is gone, so its workers are killed and new ones start on this loop.
+        """
+        old = self._loop
+        self._loop = loop
+        if old is None:
+            return
+        for lane in list(self._lanes):
+            with contextlib.suppress(Exception):  # the old loop may be closed
+                lane.loop.remove_reader(lane.from_worker)
+                if lane.pending:
+                    lane.loop.remove_writer(lane.to_worker)
+            lane.closed = True
+            lane.worker.kill_now()
+            self._all.discard(lane.worker)
+        self._lanes.clear()
+        self._queue.clear()
+        self._killed.clear()
+        for worker in self._spares:
+            worker.kill_now()
+            self._all.discard(worker)
+        self._spares.clear()
+        self._dispatching = False
+
+    def _soon(self) -> None:
+        """Dispatch at the end of this turn of the event loop, with all calls made in it."""
+        if not self._dispatching:
+            self._dispatching = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        """Hand queued calls to workers with nothing in flight, shared out evenly."""
+        self._dispatching = False
+        queue = self._queue
+        if not queue:
+            return
+        idle = [lane for lane in self._lanes if not lane.inflight and not lane.retiring]
+        for n, lane in enumerate(idle):
+            share = -(-len(queue) // (len(idle) - n))  # ceil: later lanes take the rest
+            room = min(share, _MAX_BATCH, self.limits.max_calls_per_worker - lane.worker.calls)
+            batch: list[_Task] = []
+            size = 0
+            while queue and len(batch) < room and size < _MAX_BATCH_BYTES:
+                task = queue[0]
+                assert task.fut is not None
+                if task.fut.done():  # its caller left
+                    queue.popleft()
+                    continue
+                if task.solo and batch:
+                    break
+                queue.popleft()
+                batch.append(task)
+                size += len(task.data)
+                if task.solo:
+                    break
+            if batch:
+                lane.send(batch)
+            if not queue:
+                return
+
+    def _wake_spawner(self) -> None:
+        """Calls wait with no worker left to take them: send one back to start a worker.
+
+        Only callers start workers (the pool has no task of its own), and a caller whose
+        call is queued just waits; so the first one is told to try again.
+        """
+        if self._closed or self._starting or self._has_idle_lane():
+            return
+        if len(self._lanes) >= self.size:
+            return
+        queue = self._queue
+        while queue:
+            task = queue.popleft()
+            assert task.fut is not None
+            if not task.fut.done():
+                task.fut.set_result(_RETRY)
+                return
+
+    def _has_idle_lane(self) -> bool:
+        return any(not lane.inflight and not lane.retiring for lane in self._lanes)
+
+    def _lane_idle(self, lane: _Lane) -> None:
+        worker = lane.worker
+        limits = self.limits
+        if (
+            self._closed
+            or worker.calls >= limits.max_calls_per_worker
+            or worker.rss_bytes > limits.max_rss_bytes
+        ):
+            lane.retiring = True
+            lane._close(requeue=True)
+            return
+        self._dispatch()
+
+    def _lane_closed(self, lane: _Lane, *, keep_pipes: bool) -> None:
+        with contextlib.suppress(ValueError):
+            self._lanes.remove(lane)
+        self._wake_spawner()
+        worker = lane.worker
+        if keep_pipes:  # the caller that gets the news kills it
+            return
+        self._all.discard(worker)
+        worker.kill_now()
+        self._killed.add(worker)
+
+    def _sweep(self) -> None:
+        """Forget killed workers that have exited (the event loop reaped them)."""
+        for worker in list(self._killed):
+            if worker.exited:
+                self._killed.discard(worker)
+
+    async def _add_lane(self) -> None:
+        self._starting += 1
+        try:
+            worker = await self._checkout_new()
+        finally:
+            self._starting -= 1
+        if self._closed:
+            self._all.discard(worker)
+            await worker.kill()
+            raise SandboxError("the sandbox is closed")
+        self._lanes.append(_Lane(self, worker))
+        self._dispatch()
+
+    # -- one call per worker (any anyio backend) -----------------------------------------
+
+    async def _single_call(
+        self, request: str, fragments: Sequence[FragmentCall], deadline: float, max_line: int
+    ) -> bytes:
         async with self._worker() as worker:
             try:
-                reply = await worker.call(request, deadline)
+                reply = await worker.call(request, deadline, max_line)
             except StepTimeoutError as exc:
-                raise StepTimeoutError(f"fragment {name!r} {exc}") from None
+                raise StepTimeoutError(f"{_label(fragments)} {exc}") from None
             except WorkerDied as exc:
-                raise SandboxError(f"fragment {name!r}: {exc}") from None
+                raise SandboxError(f"{_label(fragments)}: {exc}") from None
             if b'"k":"oom"' in reply[:64]:
                 await worker.kill()  # the engine may be left in a poor state
             return reply
@@ -120,6 +654,12 @@ class WorkerSandbox(Sandbox):
             if not worker.dead:
                 return worker
             self._all.discard(worker)
+        return await self._checkout_new()
+
+    async def _checkout_new(self) -> WorkerProcess:
+        """A ready worker: a warm spare if there is one, else a new one."""
+        if self._closed:
+            raise SandboxError("the sandbox is closed")
         worker = self._spares.pop(0) if self._spares else await self._spawn()
         try:
             await self._top_up_spares()

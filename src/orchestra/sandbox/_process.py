@@ -1,8 +1,10 @@
 """One worker process of the pool: start it, frame requests over its pipes, kill it.
 
-The pipes are plain non-blocking file descriptors polled with :func:`anyio.wait_readable`
-(about half the round-trip cost of anyio's process streams). Frames are lines: the
-request is one line of ASCII JSON; the reply is ``<peak RSS KiB> <JSON>``.
+The pipes are plain non-blocking file descriptors. Frames are lines: the request is one
+line of ASCII JSON; the reply is ``<peak RSS KiB> <JSON>``. A worker answers requests in
+the order it got them, one reply line each, written as soon as it is ready, so several
+requests may be in flight on one worker (the pool's pipelining, ``_pool.py``).
+:meth:`WorkerProcess.call` is the one-request-at-a-time path, on any anyio backend.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import importlib.util
 import math
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -31,6 +34,12 @@ _OOM_TEXT = re.compile(r"\boom\b|out of memory", re.IGNORECASE)
 
 class WorkerDied(SandboxError):
     """The worker process exited or broke its pipe during a call."""
+
+
+def max_reply_bytes(limits: SandboxLimits, fragments: int) -> int:
+    """The longest reply line a batch of ``fragments`` may take."""
+    # Each result holds at most max_output_chars code units, each escaped to <= 6 bytes.
+    return 6 * limits.max_output_chars * max(1, fragments) + (1 << 20)
 
 
 def _engine_dir() -> str:
@@ -55,8 +64,7 @@ class WorkerProcess:
         self._limits = limits
         self._buffer = bytearray()
         self._ready = False
-        # A reply holds at most max_output_chars code units, each escaped to <= 6 bytes.
-        self._max_line = 6 * limits.max_output_chars + (1 << 20)
+        self.max_line = max_reply_bytes(limits, 1)
         self.calls = 0
         self.rss_bytes = 0
         self.dead = False
@@ -114,7 +122,22 @@ class WorkerProcess:
             raise SandboxError(f"a sandbox worker failed to start: {line[:500]!r}")
         self._ready = True
 
-    async def call(self, request: str, timeout: float) -> bytes:
+    @property
+    def exited(self) -> bool:
+        """Whether the process has exited and been reaped."""
+        return self._process.returncode is not None
+
+    @property
+    def fds(self) -> tuple[int, int]:
+        """The pipe to the worker's stdin and the one from its stdout (non-blocking)."""
+        return self._to_worker, self._from_worker
+
+    def take_buffer(self) -> bytearray:
+        """Hand over what was read past the last line (the pipelined reader takes it)."""
+        buffer, self._buffer = self._buffer, bytearray()
+        return buffer
+
+    async def call(self, request: str, timeout: float, max_line: int | None = None) -> bytes:
         """Send one request and return the reply JSON; kill the worker on any failure.
 
         Raises :class:`~orchestra.StepTimeoutError` past ``timeout`` seconds and
@@ -125,13 +148,17 @@ class WorkerProcess:
         try:
             with anyio.move_on_after(timeout if math.isfinite(timeout) else None) as scope:
                 await self._write(request.encode("ascii") + b"\n")
-                line = await self._read_line()
+                line = await self._read_line(max_line)
                 finished = True
         finally:
             if not finished:
                 await self.kill()
         if scope.cancelled_caught or not finished:
             raise StepTimeoutError(f"ran past its deadline of {timeout:g} s; the worker was killed")
+        return self.account(line)
+
+    def account(self, line: bytes) -> bytes:
+        """Count one reply line ``<peak RSS KiB> <JSON>`` and return its JSON."""
         self.calls += 1
         rss, _, reply = line.partition(b" ")
         self.rss_bytes = int(rss) * 1024
@@ -147,7 +174,8 @@ class WorkerProcess:
             except (BrokenPipeError, OSError):
                 raise await self._died() from None
 
-    async def _read_line(self) -> bytes:
+    async def _read_line(self, max_line: int | None = None) -> bytes:
+        limit = self.max_line if max_line is None else max_line
         buffer = self._buffer
         start = 0
         while True:
@@ -157,7 +185,7 @@ class WorkerProcess:
                 del buffer[: end + 1]
                 return line
             start = len(buffer)
-            if start > self._max_line:
+            if start > limit:
                 await self.kill()
                 raise WorkerDied("the sandbox worker sent a reply larger than the output limit")
             try:
@@ -189,19 +217,37 @@ class WorkerProcess:
         detail = f" ({cause})" if cause else (f": {text}" if text else "")
         return WorkerDied(f"the sandbox worker died ({how}){detail}")
 
-    async def _terminate(self) -> None:
+    def _signal_kill(self) -> None:
+        # os.kill, not Popen.kill: Popen polls first, and reaping the process there races
+        # with the event loop's child watcher (which then reports exit code 255).
         if self._process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                self._process.kill()
+                os.kill(self._process.pid, signal.SIGKILL)
+
+    async def _terminate(self) -> None:
+        self._signal_kill()
         await self._process.wait()
 
     async def kill(self) -> None:
-        """Kill the process (if still running) and close its pipes."""
+        """Kill the process (if still running), close its pipes and wait until it is gone."""
+        self.kill_now()
+        await self.reap()
+
+    def kill_now(self) -> None:
+        """Send SIGKILL and close the pipes without waiting (see :meth:`reap`)."""
         if self.dead:
             return
         self.dead = True
+        self._signal_kill()
+        for fd in (self._to_worker, self._from_worker, self._stderr):
+            anyio.notify_closing(fd)
+            os.close(fd)
+
+    async def reap(self) -> None:
+        """Wait until the killed process has exited (shielded from cancellation)."""
         with anyio.CancelScope(shield=True):
-            await self._terminate()
-            for fd in (self._to_worker, self._from_worker, self._stderr):
-                anyio.notify_closing(fd)
-                os.close(fd)
+            await self._process.wait()
+
+    async def died(self) -> WorkerDied:
+        """Kill the worker that stopped answering; describe how it ended (with stderr)."""
+        return await self._died()

@@ -1,15 +1,24 @@
 // The fragment runner: compiles fragments (cached), runs them on JSON bindings and
-// turns the result, or what was thrown, into one JSON reply text.  Shared by the worker
+// turns the results, or what was thrown, into one JSON reply text.  Shared by the worker
 // process and the in-process sandbox.  Evaluates to a factory; call it with the output
 // cap (in UTF-16 code units) and it returns the function that serves requests.
 //
 // Everything used after start-up is captured here, before any fragment can run.
 //
-// Requests (JSON text): {"s": source, "b": {name: value, ...}}   run
-//                      {"s": source, "c": 1}                     compile only
-// Replies  (JSON text): {"ok": <result>}
-//                     | {"e": message, "k": kind, "l": line, "c": column}
-//   kind: "script" (the fragment's fault), "oom" (out of memory), "output" (too large)
+// Requests: {"f": [[source, bind, guard], ...], "n": [name, ...]} TAB value TAB value ...
+//             run a batch of fragments in order; each binding's value is its own JSON
+//             text (JSON text never holds a raw tab), in the order of "n"
+//           {"s": source, "c": 1}       compile only
+//           "?"                         index of the fragment last run
+// A fragment gets as parameters only the bindings whose names appear in its source as
+// words (all of them if it mentions `arguments` or `eval`, or has a \u escape), each
+// parsed afresh from its text, so no fragment sees another's changes; and, under its
+// `bind` name, the JSON result of every earlier fragment that has one.  A `guard`
+// fragment (1) whose JSON result is falsy (null, false, 0, "") ends the batch.
+// Replies  (JSON text): {"ok": [<result>, ...]}
+//                     | {"e": message, "k": kind, "l": line, "c": column, "i": index}
+//   kind: "script" (the fragment's fault), "oom" (out of memory), "output" (too large);
+//   index: the fragment of the batch that failed.
 (function (maxOutput) {
   "use strict";
   const MakeFunction = Function;
@@ -20,6 +29,8 @@
   const jsonStringify = JSON.stringify;
   const apply = Reflect.apply;
   const keys = Object.keys;
+  const isArray = Array.isArray;
+  const arrIndexOf = Array.prototype.indexOf;
   const getOwn = Reflect.getOwnPropertyDescriptor;
   const getProto = Reflect.getPrototypeOf;
   const isProtoOf = Object.prototype.isPrototypeOf;
@@ -30,6 +41,10 @@
   const strEndsWith = String.prototype.endsWith;
   const strIndexOf = String.prototype.indexOf;
   const strReplace = String.prototype.replace;
+  const strSplit = String.prototype.split;
+  const strMatch = String.prototype.match;
+  const SetCtor = Set;
+  const setHas = Set.prototype.has;
   const symToString = Symbol.prototype.toString;
   const RegExpCtors = [RegExp];
   const regexpExec = RegExp.prototype.exec;
@@ -67,6 +82,13 @@
   const BODY_OFFSET = header + 1;
 
   const cache = new MapCtor();
+  const usageCache = new MapCtor();
+  const WORD = /[A-Za-z_$][\w$]*/g;
+  // Results that may hold what JSON.stringify hides (NaN, Infinity as null) or cannot
+  // print exactly (integers beyond 2^53 as 16 digits or more): checked with the replacer.
+  const SUSPECT = /null|\d{16}/;
+  let current = 0; // the fragment of the batch being run (errors name it)
+  let last = 0; // the same, kept across requests for the worker's "?" question
 
   function wellFormed(s) {
     return apply(toWellFormed, s, []);
@@ -92,7 +114,7 @@
   }
 
   function reply(message, kind, line, column) {
-    return jsonStringify({ e: clip(message), k: kind, l: line, c: column });
+    return jsonStringify({ e: clip(message), k: kind, l: line, c: column, i: current });
   }
 
   // Describes any thrown value without running its code where that can be avoided.
@@ -131,8 +153,9 @@
 
   // A compile error, its position clamped into the fragment (an error found at the
   // wrapper's closing brace is reported just past the fragment's last character).
+  // -> [message, kind, line, column] (cached with the source: no batch index in it)
   function compileError(e, offset, src) {
-    if (e === "out of memory") return reply("out of memory", "oom", 0, 0);
+    if (e === "out of memory") return ["out of memory", "oom", 0, 0];
     let message = "";
     let line = 0;
     let column = 0;
@@ -150,10 +173,14 @@
     } catch (_) {
       message = "does not compile";
     }
-    return reply("SyntaxError: " + message, "script", line, column);
+    return ["SyntaxError: " + message, "script", line, column];
   }
 
-  // -> {fn, offset} or {error: replyText}
+  function errorReply(err) {
+    return reply(err[0], err[1], err[2], err[3]);
+  }
+
+  // -> {fn, offset} or {error: [message, kind, line, column]}
   function compile(src, names) {
     const key = names.join(",") + "\u0000" + src;
     let c = apply(mapGet, cache, [key]);
@@ -196,41 +223,110 @@
     for (const r of resetters) apply(regexpExec, r, [""]);
   }
 
-  function run(line) {
-    const req = jsonParse(line);
-    if (req.c === 1) {
-      const c = compile(req.s, []);
-      return c.error !== undefined ? c.error : '{"ok":null}';
+  // The words of a fragment's source (a Set), or null when it may reach any binding.
+  function usage(src) {
+    let u = apply(mapGet, usageCache, [src]);
+    if (u !== undefined) return u;
+    u = null;
+    if (apply(strIndexOf, src, ["\\u"]) === -1) {
+      const words = apply(strMatch, src, [WORD]);
+      u = new SetCtor(words === null ? [] : words);
+      if (apply(setHas, u, ["arguments"]) || apply(setHas, u, ["eval"])) u = null;
     }
-    const bindings = req.b;
-    if (typeof req.s !== "string" || bindings === null || typeof bindings !== "object") {
-      return reply("sandbox: malformed request", "script", 0, 0);
-    }
-    const names = keys(bindings);
-    const args = [];
-    for (let i = 0; i < names.length; i++) args[i] = bindings[names[i]];
-    const c = compile(req.s, names);
-    if (c.error !== undefined) return c.error;
+    if (apply(mapSize, usageCache, []) >= MAX_CACHE) apply(mapClear, usageCache, []);
+    apply(mapSet, usageCache, [src, u]);
+    return u;
+  }
+
+  // One fragment on its arguments -> [ok, text]: the JSON text of the result, or a reply.
+  function runOne(src, names, args) {
+    const c = compile(src, names);
+    if (c.error !== undefined) return [false, errorReply(c.error)];
     resetStatics();
     let r;
     try {
       r = apply(c.fn, undefined, args);
     } catch (e) {
-      return thrown(e, c.offset, "");
+      return [false, thrown(e, c.offset, "")];
     }
-    if (isPromise(r)) return reply("the fragment returned a Promise; fragments are synchronous", "script", 0, 0);
+    if (isPromise(r)) return [false, reply("the fragment returned a Promise; fragments are synchronous", "script", 0, 0)];
     let out;
+    let checked = false;
     try {
-      out = jsonStringify(r, replacer);
+      out = jsonStringify(r);
     } catch (e) {
-      return thrown(e, c.offset, "cannot convert the result to JSON: ");
+      checked = true;
+    }
+    if (checked || (out !== undefined && apply(regexpExec, SUSPECT, [out]) !== null)) {
+      try {
+        out = jsonStringify(r, replacer);
+      } catch (e) {
+        return [false, thrown(e, c.offset, "cannot convert the result to JSON: ")];
+      }
     }
     if (out === undefined) out = "null";
     if (out.length > maxOutput) {
-      return reply("the result is larger than the output limit (" + maxOutput + " characters)", "output", 0, 0);
+      return [false, reply("the result is larger than the output limit (" + maxOutput + " characters)", "output", 0, 0)];
     }
     if (apply(strIndexOf, out, ["\\ud"]) !== -1) out = apply(strReplace, out, [LONE, "$1\\ufffd"]);
-    return '{"ok":' + out + "}";
+    return [true, out];
+  }
+
+  function malformed() {
+    return reply("sandbox: malformed request", "script", 0, 0);
+  }
+
+  function run(line) {
+    current = 0;
+    if (line === "?") return "" + last;
+    const parts = apply(strSplit, line, ["\t"]);
+    const req = jsonParse(parts[0]);
+    if (req.c === 1) {
+      const c = compile(req.s, []);
+      return c.error !== undefined ? errorReply(c.error) : '{"ok":null}';
+    }
+    const frags = req.f;
+    const names = req.n;
+    if (!isArray(frags) || !isArray(names) || names.length !== parts.length - 1) return malformed();
+    const texts = [];
+    for (let j = 0; j < names.length; j++) {
+      if (typeof names[j] !== "string") return malformed();
+      texts[j] = parts[j + 1];
+    }
+    let outs = "";
+    for (let i = 0; i < frags.length; i++) {
+      current = i;
+      last = i;
+      const f = frags[i];
+      if (!isArray(f) || typeof f[0] !== "string" || (f[1] !== null && typeof f[1] !== "string")) {
+        return malformed();
+      }
+      const src = f[0];
+      const u = usage(src);
+      const params = [];
+      const args = [];
+      for (let j = 0; j < names.length; j++) {
+        if (u === null || apply(setHas, u, [names[j]])) {
+          params[params.length] = names[j];
+          args[args.length] = jsonParse(texts[j]);
+        }
+      }
+      const done = runOne(src, params, args);
+      if (!done[0]) return done[1];
+      const out = done[1];
+      outs = i === 0 ? out : outs + "," + out;
+      if (f[1] !== null) {
+        const at = apply(arrIndexOf, names, [f[1]]);
+        if (at === -1) {
+          names[names.length] = f[1];
+          texts[texts.length] = out;
+        } else {
+          texts[at] = out;
+        }
+      }
+      if (f[2] === 1 && (out === "null" || out === "false" || out === "0" || out === '""')) break;
+    }
+    return '{"ok":[' + outs + "]}";
   }
 
   function safeRun(line) {

@@ -7,9 +7,11 @@ Run by :class:`~orchestra.sandbox.WorkerSandbox` as::
 It imports nothing but the standard library and PythonMonkey's extension module itself
 (loaded by path, so none of PythonMonkey's Python layer, ``require``, timers or
 XMLHttpRequest is ever defined). It applies resource limits, hardens the engine
-(``_lockdown.js``), writes ``ready`` and then answers one line per request line:
-``<peak RSS in KiB> <reply JSON>``. Fragments cannot reach anything but plain
-ECMAScript; the parent enforces deadlines by killing this process.
+(``_lockdown.js``), writes ``ready`` and then answers one line per request line, in
+order: ``<peak RSS in KiB> <reply JSON>``. Replies are written together once every
+request read so far is answered, or when the oldest unsent one is 0.5 ms old.
+Fragments cannot reach anything but plain ECMAScript; the parent enforces deadlines by
+killing this process.
 """
 
 from __future__ import annotations
@@ -20,19 +22,18 @@ import json
 import os
 import resource
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-_PROMISE = json.dumps(
-    {
-        "e": "Promise jobs cannot run: fragments are synchronous (no then/await)",
-        "k": "script",
-        "l": 0,
-        "c": 0,
-    }
-)
-_OOM = '{"e":"out of memory","k":"oom","l":0,"c":0}'
+_PROMISE = "Promise jobs cannot run: fragments are synchronous (no then/await)"
+
+
+def _error(message: str, kind: str, index: int) -> str:
+    # Compact, like the runner's replies: the host spots '"k":"oom"' without parsing.
+    reply = {"e": message, "k": kind, "l": 0, "c": 0, "i": index}
+    return json.dumps(reply, separators=(",", ":"))
 
 
 def _load_engine(package_dir: str) -> ModuleType:
@@ -69,15 +70,30 @@ def _limit(memory_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (memory_bytes, memory_bytes))
 
 
+# Replies wait to be written together until the requests read so far are all answered,
+# or until the oldest waiting one is this old (seconds), or this large (bytes).
+_FLUSH_AFTER = 0.0005
+_FLUSH_BYTES = 1 << 20
+
+
 def _serve(run: Callable[[str], str]) -> None:
     getrusage = resource.getrusage
     self_ = resource.RUSAGE_SELF
+    clock = time.monotonic
     _write(b"0 ready\n")
     buffer = bytearray()
     start = 0
+    pending: list[bytes] = []
+    size = 0
+    since = 0.0
+    rss = 0
     while True:
         end = buffer.find(b"\n", start)
         if end < 0:
+            if pending:  # everything read so far is answered: send it before waiting
+                _write(b"".join(pending))
+                pending.clear()
+                size = 0
             start = len(buffer)
             chunk = os.read(0, 1 << 16)
             if not chunk:
@@ -90,16 +106,33 @@ def _serve(run: Callable[[str], str]) -> None:
         try:
             reply = str(run(line))
         except RuntimeError:  # PythonMonkey wanted an event loop for a Promise job
-            reply = _PROMISE
+            reply = _error(_PROMISE, "script", _index(run))
         except MemoryError:
-            reply = _OOM
+            reply = _error("out of memory", "oom", _index(run))
         except Exception as exc:
             text = str(exc)[:2000].encode("utf-8", "replace").decode("utf-8")
             if "out of memory" in text:
-                reply = _OOM
+                reply = _error("out of memory", "oom", _index(run))
             else:
-                reply = json.dumps({"e": "sandbox: " + text, "k": "script", "l": 0, "c": 0})
-        _write(b"%d %s\n" % (getrusage(self_).ru_maxrss, reply.encode("utf-8", "replace")))
+                reply = _error("sandbox: " + text, "script", _index(run))
+        if not pending:  # peak RSS once per burst of replies
+            since = clock()
+            rss = getrusage(self_).ru_maxrss
+        pending.append(b"%d %s\n" % (rss, reply.encode("utf-8", "replace")))
+        data = pending[-1]
+        size += len(data)
+        if size >= _FLUSH_BYTES or clock() - since >= _FLUSH_AFTER:
+            _write(b"".join(pending))
+            pending.clear()
+            size = 0
+
+
+def _index(run: Callable[[str], str]) -> int:
+    """The fragment of the batch that was running when the runner raised (0 if unknown)."""
+    try:
+        return int(str(run("?")))
+    except Exception:
+        return 0
 
 
 def _write(data: bytes) -> None:

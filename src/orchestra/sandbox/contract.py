@@ -1,10 +1,13 @@
 """The behaviour every :class:`~orchestra.sandbox.Sandbox` implementation must have.
 
-Adapter authors: subclass :class:`SandboxContract` in a test module that provides a ``sandbox`` fixture
-(and an ``anyio_backend`` fixture); every test here then runs against it. Isolation
-and deadline cases are not part of the contract (the in-process sandbox has neither);
-see ``test_attacks.py`` for those.
+Adapter authors: subclass :class:`SandboxContract` in a test module that provides a
+``sandbox`` fixture (and an ``anyio_backend`` fixture); every test here then runs against
+it. Isolation and deadline cases are not part of the contract (the in-process sandbox has
+neither); see ``test_attacks.py`` for those. ``evaluate_all`` cases hold for the base
+class's own implementation too.
 """
+
+# ruff: noqa: D102 - the test methods' names say what they check
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import pytest
 
 from orchestra._json import JSON
 from orchestra.errors import SandboxError, ScriptError
-from orchestra.sandbox import Sandbox
+from orchestra.sandbox import FragmentCall, Sandbox
 
 pytestmark = pytest.mark.anyio
 
@@ -63,7 +66,7 @@ class SandboxContract:
         assert await sandbox.evaluate("typeof a + typeof b", {"a": 1, "b": "x"}) == "numberstring"
 
     async def test_strict_mode(self, sandbox: Sandbox) -> None:
-        with pytest.raises(ScriptError, match="undeclared|not defined"):
+        with pytest.raises(ScriptError, match=r"undeclared|not defined"):
             await sandbox.evaluate("undeclared = 1; return 1", {})
         assert await sandbox.evaluate("(function () { return this })()", {}) is None
 
@@ -169,7 +172,7 @@ class SandboxContract:
             await sandbox.evaluate(source, {})
 
     async def test_deeply_nested_result_is_an_error(self, sandbox: Sandbox) -> None:
-        with pytest.raises(ScriptError, match="nested too deeply|recursion"):
+        with pytest.raises(ScriptError, match=r"nested too deeply|recursion"):
             await sandbox.evaluate(
                 "let a = []; for (let i = 0; i < 5000; i++) a = [a]; return a", {}
             )
@@ -266,3 +269,117 @@ class SandboxContract:
     async def test_fragment_cannot_break_out_of_its_wrapper(self, sandbox: Sandbox) -> None:
         with pytest.raises(ScriptError, match="SyntaxError"):
             await sandbox.check("}); (function () {")
+
+    # -- batches (evaluate_all) -----------------------------------------------------------
+
+    async def test_batch_runs_in_order_and_binds_results(self, sandbox: Sandbox) -> None:
+        fragments = [
+            FragmentCall("p.input", "({sku: t.sku, n: t.n + 1})", bind="input"),
+            FragmentCall("p.path", "({id: input.sku})"),
+            FragmentCall("p.query", "({n: input.n, t: typeof t})"),
+        ]
+        results = await sandbox.evaluate_all(fragments, {"t": {"sku": "a-1", "n": 1}})
+        assert results == [{"sku": "a-1", "n": 2}, {"id": "a-1"}, {"n": 2, "t": "object"}]
+
+    async def test_batch_of_one_and_of_none(self, sandbox: Sandbox) -> None:
+        assert await sandbox.evaluate_all((FragmentCall("x", "a * 2"),), {"a": 21}) == [42]
+        assert await sandbox.evaluate_all([], {"a": 1}) == []
+
+    async def test_batch_bind_replaces_a_binding(self, sandbox: Sandbox) -> None:
+        fragments = [
+            FragmentCall("a", "input + 1", bind="input"),
+            FragmentCall("b", "input + 1", bind="input"),
+            FragmentCall("c", "input"),
+        ]
+        assert await sandbox.evaluate_all(fragments, {"input": 1}) == [2, 3, 3]
+
+    async def test_batch_binding_not_seen_before_it_is_bound(self, sandbox: Sandbox) -> None:
+        fragments = [FragmentCall("a", "typeof later"), FragmentCall("b", "1", bind="later")]
+        assert await sandbox.evaluate_all(fragments, {}) == ["undefined", 1]
+
+    async def test_batch_fragments_get_fresh_copies(self, sandbox: Sandbox) -> None:
+        fragments = [
+            FragmentCall("a", "t.x.push(9); return t.x", bind="r"),
+            FragmentCall("b", "r.push(8); return [t.x, r]"),
+            FragmentCall("c", "[t.x, r]"),
+        ]
+        results = await sandbox.evaluate_all(fragments, {"t": {"x": [1]}})
+        assert results == [[1, 9], [[1], [1, 9, 8]], [[1], [1, 9]]]
+
+    async def test_batch_bound_values_follow_the_data_rules(self, sandbox: Sandbox) -> None:
+        fragments = [
+            FragmentCall("a", "({u: undefined, d: new Date(0), f() {}})", bind="v"),
+            FragmentCall("b", "[Object.keys(v), typeof v.d]"),
+        ]
+        results = await sandbox.evaluate_all(fragments, {})
+        assert results == [{"d": "1970-01-01T00:00:00.000Z"}, [["d"], "string"]]
+
+    @pytest.mark.parametrize("falsy", ["false", "0", "''", "null", "undefined", "-0", "NaN > 1"])
+    async def test_batch_guard_stops_on_falsy(self, sandbox: Sandbox, falsy: str) -> None:
+        fragments = [FragmentCall("g", falsy, guard=True), FragmentCall("x", "nope.boom")]
+        results = await sandbox.evaluate_all(fragments, {})
+        assert len(results) == 1
+        assert not results[0]
+
+    @pytest.mark.parametrize("truthy", ["true", "1", "'x'", "[]", "({})", "-1"])
+    async def test_batch_guard_continues_on_truthy(self, sandbox: Sandbox, truthy: str) -> None:
+        fragments = [FragmentCall("g", truthy, guard=True), FragmentCall("x", "2")]
+        assert (await sandbox.evaluate_all(fragments, {}))[1] == 2
+
+    async def test_batch_error_names_the_failing_fragment(self, sandbox: Sandbox) -> None:
+        fragments = [
+            FragmentCall("p.when", "true", guard=True),
+            FragmentCall("p.input", "1", bind="input"),
+            FragmentCall("p.path", "const x = 1;\n\n  throw new TypeError('bad ' + x)"),
+            FragmentCall("p.query", "throw new Error('later')"),
+        ]
+        with pytest.raises(ScriptError) as info:
+            await sandbox.evaluate_all(fragments, {})
+        err = info.value
+        assert err.js_message == "TypeError: bad 1"
+        assert (err.fragment, err.line, err.column) == ("p.path", 3, 9)
+
+    async def test_batch_syntax_error_names_the_fragment(self, sandbox: Sandbox) -> None:
+        fragments = [FragmentCall("ok", "1"), FragmentCall("bad", "let x = 1;\n  x y")]
+        with pytest.raises(ScriptError) as info:
+            await sandbox.evaluate_all(fragments, {})
+        assert (info.value.fragment, info.value.line, info.value.column) == ("bad", 2, 5)
+
+    @pytest.mark.parametrize(
+        ("source", "error", "match"),
+        [
+            ("2 ** 60", ScriptError, r"2\^53"),
+            ("NaN", ScriptError, "NaN"),
+            ("Promise.resolve(1)", ScriptError, "Promise"),
+            ("'x'.repeat(2 * 1024 * 1024)", SandboxError, "output limit"),
+        ],
+    )
+    async def test_batch_result_errors_name_the_fragment(
+        self, sandbox: Sandbox, source: str, error: type[Exception], match: str
+    ) -> None:
+        fragments = [FragmentCall("first", "1", bind="a"), FragmentCall("second", source)]
+        with pytest.raises(error, match=match) as info:
+            await sandbox.evaluate_all(fragments, {})
+        assert "second" in str(info.value)
+        if isinstance(info.value, ScriptError):
+            assert info.value.fragment == "second"
+
+    async def test_batch_bind_name_must_be_an_identifier(self, sandbox: Sandbox) -> None:
+        with pytest.raises(ScriptError, match="identifier") as info:
+            await sandbox.evaluate_all([FragmentCall("x", "1", bind="a-b")], {})
+        assert info.value.fragment == "x"
+
+    async def test_batch_bindings_follow_the_data_rules(self, sandbox: Sandbox) -> None:
+        with pytest.raises(ScriptError, match="not JSON"):
+            await sandbox.evaluate_all([FragmentCall("x", "1")], {"v": float("nan")})
+        with pytest.raises(ScriptError, match=r"2\^53"):
+            await sandbox.evaluate_all([FragmentCall("x", "1")], {"v": 2**60})
+        with pytest.raises(ScriptError, match="identifier"):
+            await sandbox.evaluate_all([FragmentCall("x", "1")], {"a b": 1})
+
+    async def test_batch_too_deep_result_names_the_fragment(self, sandbox: Sandbox) -> None:
+        deep = "let a = []; for (let i = 0; i < 5000; i++) a = [a]; return a"
+        fragments = [FragmentCall("a", "[[1]]"), FragmentCall("deep", deep)]
+        with pytest.raises(ScriptError, match=r"nested too deeply|recursion") as info:
+            await sandbox.evaluate_all(fragments, {})
+        assert info.value.fragment == "deep"

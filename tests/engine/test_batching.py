@@ -1,0 +1,407 @@
+"""How the engine uses the sandbox: one round trip per batch, only the bindings used."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+import pytest
+
+import orchestra as o
+from orchestra._json import JSON
+from orchestra.engine import _steps
+from orchestra.engine._steps import uses
+from orchestra.executors import InMemoryExecutor
+from orchestra.sandbox import FragmentCall, InProcessSandbox, SandboxLimits, WorkerSandbox
+
+pytestmark = pytest.mark.anyio
+
+
+class Spy(InProcessSandbox):
+    """Records every round trip: the fragments' names and the binding names sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trips: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
+
+    async def evaluate(
+        self,
+        source: str,
+        bindings: Mapping[str, JSON],
+        *,
+        name: str = "fragment",
+        timeout: float | None = None,
+    ) -> JSON:
+        self.trips.append(((name,), tuple(sorted(bindings))))
+        return await super().evaluate(source, bindings, name=name, timeout=timeout)
+
+    async def evaluate_all(
+        self,
+        fragments: Sequence[FragmentCall],
+        bindings: Mapping[str, JSON],
+        *,
+        timeout: float | None = None,
+    ) -> list[JSON]:
+        self.trips.append((tuple(f.name for f in fragments), tuple(sorted(bindings))))
+        return await super().evaluate_all(fragments, bindings, timeout=timeout)
+
+    def names(self) -> list[tuple[str, ...]]:
+        return [names for names, _ in self.trips]
+
+
+class Api:
+    """A mock API that records requests and answers ``{"n": <path>, ...}``."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+
+        async def handler(request: httpx.Request) -> httpx.Response:
+            self.requests.append(request)
+            body = json.loads(request.content) if request.content else None
+            return httpx.Response(
+                200, json={"path": request.url.path, "q": dict(request.url.params), "body": body}
+            )
+
+        self.client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+
+
+def engine(sandbox: o.Sandbox | None = None) -> tuple[o.Engine, Spy, Api]:
+    spy = Spy()
+    api = Api()
+    eng = o.Engine(sandbox=sandbox or spy, executor=InMemoryExecutor(), client=api.client)
+    return eng, spy, api
+
+
+async def invoke(eng: o.Engine, *processors: o.Processor, request: Any = None) -> o.Result:
+    process = o.Process(name="proc", steps=(o.ProcessStep(name="main", processors=processors),))
+    return await eng.invoke(process, request)
+
+
+TRIGGER = {"sku": "a-1", "n": 2}
+
+
+def outputs(result: o.Result) -> Any:
+    """The outputs of the step ``main``, by processor."""
+    steps: Any = result.context["steps"]
+    return steps["main"]
+
+
+# -- the scan for bindings ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("trigger.params.sku", ("trigger",)),
+        ("input.b + out.a", ("out", "input")),
+        ("xctx + ctx1 + ctx_", ()),
+        ("'uses ctx only in a string'", ("ctx",)),
+        ("response.status", ("response", "status")),
+        ("// item\n1", ("item",)),
+        ("[...index]", ("index",)),
+        ("arguments[0]", None),
+        ("eval('ctx')", None),
+        ("\\u0063tx.trigger", None),
+    ],
+)
+def test_uses(source: str, expected: tuple[str, ...] | None) -> None:
+    assert uses(source) == expected
+    assert uses(source) == expected  # cached
+
+
+# -- round trips ------------------------------------------------------------------------------
+
+
+async def test_when_input_and_request_parts_go_in_one_round_trip() -> None:
+    eng, spy, api = engine()
+    p = o.Processor(
+        name="p",
+        when="trigger.n > 1",
+        input="({sku: trigger.sku.toUpperCase(), n: trigger.n})",
+        call=o.HttpCall(
+            url="http://api/items/{id}",
+            method="POST",
+            path="({id: input.sku})",
+            headers="({'x-n': String(input.n)})",
+            query="({n: input.n})",
+            body="({sku: input.sku})",
+        ),
+        output="({path: response.path, q: response.q, body: response.body, status})",
+    )
+    result = await invoke(eng, p, request=TRIGGER)
+    assert spy.names() == [
+        ("p.when", "p.input", "p.path", "p.headers", "p.query", "p.body"),
+        ("p.output",),
+    ]
+    assert outputs(result)["p"] == {
+        "path": "/items/A-1",
+        "q": {"n": "2"},
+        "body": {"sku": "A-1"},
+        "status": 200,
+    }
+    (request,) = api.requests
+    assert request.headers["x-n"] == "2"
+
+
+async def test_false_when_skips_without_running_the_rest() -> None:
+    eng, spy, api = engine()
+    p = o.Processor(
+        name="p",
+        when="trigger.n > 5",
+        input="nope.boom",
+        call=o.HttpCall(url="http://api/x", query="nope.boom"),
+        output="nope.boom",
+    )
+    result = await invoke(eng, p, request=TRIGGER)
+    assert [t.status for t in result.trace] == ["skipped"]
+    assert spy.names() == [("p.when", "p.input", "p.query")]
+    assert api.requests == []
+
+
+async def test_processor_without_fragments_makes_no_round_trip() -> None:
+    eng, spy, api = engine()
+    result = await invoke(eng, o.Processor(name="p", call=o.HttpCall(url="http://api/x")))
+    assert spy.trips == []
+    assert outputs(result)["p"]["path"] == "/x"
+
+
+async def test_function_call_when_and_input_in_one_round_trip() -> None:
+    seen: list[JSON] = []
+
+    def double(value: JSON) -> JSON:
+        seen.append(value)
+        assert isinstance(value, int)
+        return value * 2
+
+    spy = Spy()
+    eng = o.Engine(sandbox=spy, executor=InMemoryExecutor(), functions={"double": double})
+    p = o.Processor(
+        name="p",
+        when="true",
+        input="trigger.n + 1",
+        call=o.FunctionCall(name="double"),
+        output="response + input",
+    )
+    result = await invoke(eng, p, request=TRIGGER)
+    assert spy.names() == [("p.when", "p.input"), ("p.output",)]
+    assert seen == [3]
+    assert outputs(result)["p"] == 9
+
+
+async def test_only_the_bindings_a_fragment_uses_are_sent() -> None:
+    eng, spy, _ = engine()
+    p1 = o.Processor(
+        name="a",
+        input="trigger.sku",
+        call=o.HttpCall(url="http://api/a", query="({s: input})"),
+        output="response.q",
+    )
+    p2 = o.Processor(
+        name="b",
+        needs=("a",),
+        call=o.HttpCall(url="http://api/b", query="out.a"),
+        output="[ctx.trigger.n, status]",
+    )
+    p3 = o.Processor(
+        name="c",
+        needs=("b",),
+        call=o.HttpCall(url="http://api/c"),
+        output="arguments.length",
+    )
+    result = await invoke(eng, p1, p2, p3, request=TRIGGER)
+    assert spy.trips == [
+        (("a.input", "a.query"), ("trigger",)),
+        (("a.output",), ("response",)),
+        (("b.query",), ("out",)),
+        (("b.output",), ("ctx", "status", "trigger")),  # ctx.trigger: words count
+        (("c.output",), ("ctx", "input", "out", "response", "status", "trigger")),
+    ]
+    out = outputs(result)
+    assert out["b"] == [2, 200]
+    assert out["c"] == 6
+
+
+async def test_fragments_of_a_batch_see_fresh_bindings() -> None:
+    eng, spy, api = engine()
+    p = o.Processor(
+        name="p",
+        input="trigger.sku = 'changed'; return 1",
+        call=o.HttpCall(url="http://api/x", query="({sku: trigger.sku, input})"),
+    )
+    await invoke(eng, p, request=TRIGGER)
+    assert dict(api.requests[0].url.params) == {"sku": "a-1", "input": "1"}
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "fragment", "message", "line"),
+    [
+        ({"input": "1 +\n  nope"}, "p.input", "nope is not defined", 2),
+        ({"query": "const a = 1;\nthrow new Error('q')"}, "p.query", "Error: q", 2),
+        ({"path": "'a string'"}, "p.path", "path must return an object, got a string", None),
+        ({"headers": "[1]"}, "p.headers", "headers must return an object, got an array", None),
+        ({"when": "nope"}, "p.when", "nope is not defined", 1),
+    ],
+)
+async def test_errors_name_the_failing_fragment(
+    fields: dict[str, str], fragment: str, message: str, line: int | None
+) -> None:
+    eng, _, _ = engine()
+    call: Any = {k: v for k, v in fields.items() if k in ("path", "query", "headers")}
+    proc: Any = {k: v for k, v in fields.items() if k in ("input", "when")}
+    p = o.Processor(name="p", call=o.HttpCall(url="http://api/x", **call), **proc)
+    with pytest.raises(o.ScriptError) as info:
+        await invoke(eng, p, request=TRIGGER)
+    err = info.value
+    assert (err.fragment, err.processor, err.step) == (fragment, "p", "main")
+    assert message in str(err)
+    assert err.line == line
+
+
+async def test_fallback_still_catches_batch_errors() -> None:
+    eng, _, _ = engine()
+    p = o.Processor(
+        name="p",
+        input="nope",
+        call=o.HttpCall(url="http://api/x"),
+        on_error="fallback",
+        fallback={"f": 1},
+    )
+    result = await invoke(eng, p)
+    assert outputs(result)["p"] == {"f": 1}
+    assert result.trace[0].status == "fallback"
+    assert "p.input" in (result.trace[0].error or "")
+
+
+# -- for_each ---------------------------------------------------------------------------------
+
+
+async def test_for_each_items_build_their_request_in_one_round_trip_each() -> None:
+    eng, spy, api = engine()
+    p = o.Processor(
+        name="p",
+        when="true",
+        for_each="trigger.items",
+        concurrency=2,
+        input="({sku: item, i: index})",
+        call=o.HttpCall(url="http://api/p/{sku}", path="({sku: input.sku})", query="({i: index})"),
+        output="({sku: input.sku, q: response.q})",
+    )
+    result = await invoke(eng, p, request={"items": ["x", "y", "z"]})
+    assert spy.trips[0] == (("p.when", "p.for_each"), ("trigger",))
+    pre = [t for t in spy.trips if t[0] == ("p.input", "p.path", "p.query")]
+    assert pre == [(("p.input", "p.path", "p.query"), ("index", "item"))] * 3
+    assert spy.names().count(("p.output",)) == 3
+    assert outputs(result)["p"] == [
+        {"sku": "x", "q": {"i": "0"}},
+        {"sku": "y", "q": {"i": "1"}},
+        {"sku": "z", "q": {"i": "2"}},
+    ]
+    assert len(api.requests) == 3
+
+
+async def test_for_each_must_return_an_array() -> None:
+    eng, _, _ = engine()
+    p = o.Processor(name="p", for_each="({})", call=o.HttpCall(url="http://api/x"))
+    with pytest.raises(o.ScriptError, match="for_each must return an array") as info:
+        await invoke(eng, p)
+    assert info.value.fragment == "p.for_each"
+
+
+async def test_for_each_without_input_binds_the_item_as_input() -> None:
+    eng, spy, api = engine()
+    p = o.Processor(
+        name="p",
+        for_each="[1, 2]",
+        call=o.HttpCall(url="http://api/x", query="({v: input})"),
+        output="input",
+    )
+    result = await invoke(eng, p)
+    assert outputs(result)["p"] == [1, 2]
+    assert sorted(r.url.params["v"] for r in api.requests) == ["1", "2"]
+    assert (("p.query",), ("input",)) in spy.trips
+
+
+# -- idempotency keys -------------------------------------------------------------------------
+
+
+async def test_idempotency_key_only_when_the_call_asks_for_one() -> None:
+    eng, _, api = engine()
+    keyed = o.Processor(
+        name="k", call=o.HttpCall(url="http://api/k", method="POST", idempotency_key="Idem-Key")
+    )
+    plain = o.Processor(name="n", call=o.HttpCall(url="http://api/n", method="POST"))
+    await invoke(eng, keyed, plain)
+    by_path = {r.url.path: r for r in api.requests}
+    assert by_path["/k"].headers["idem-key"] == "local:main:k:0"
+    assert "idem-key" not in by_path["/n"].headers
+
+
+# -- the anyio path (event loops other than asyncio) -----------------------------------------
+
+
+@pytest.mark.parametrize("native", [True, False])
+async def test_concurrency_primitives(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    monkeypatch.setattr(_steps, "_native", lambda: native)
+    eng, _, _ = engine()
+    a = o.Processor(name="a", call=o.HttpCall(url="http://api/a"), output="response.path")
+    b = o.Processor(
+        name="b",
+        needs=("a",),
+        for_each="[out.a, out.a + '/2']",
+        concurrency=1,
+        call=o.HttpCall(url="http://api/b", query="({v: item})"),
+        output="response.q.v",
+    )
+    result = await invoke(eng, a, b)
+    assert outputs(result) == {"a": "/a", "b": ["/a", "/a/2"]}
+    bad = o.Processor(name="bad", needs=("a",), input="nope", call=o.HttpCall(url="http://api/c"))
+    with pytest.raises(o.ScriptError) as info:
+        await invoke(eng, a, bad)
+    assert info.value.processor == "bad"
+    items = o.Processor(
+        name="items",
+        for_each="[1, 2, 3]",
+        input="if (item === 2) throw new Error('two'); return item",
+        call=o.HttpCall(url="http://api/i"),
+    )
+    with pytest.raises(o.ScriptError, match="two"):
+        await invoke(eng, items)
+
+
+# -- deadlines --------------------------------------------------------------------------------
+
+
+async def test_script_timeout_bounds_each_round_trip() -> None:
+    busy = "let t = Date.now(); while (Date.now() - t < 150) {} return 1"
+    async with WorkerSandbox(1, limits=SandboxLimits(spares=0)) as sandbox:
+        eng, _, _ = engine(sandbox)
+        ok = o.Processor(
+            name="p", input=busy, call=o.HttpCall(url="http://api/x"), script_timeout=0.5
+        )
+        await invoke(eng, ok)
+        slow = o.Processor(
+            name="p",
+            input=busy,
+            call=o.HttpCall(url="http://api/x", query=f"{{ {busy}; }}"),
+            script_timeout=0.25,
+        )
+        with pytest.raises(o.StepTimeoutError, match="deadline of 0.25 s") as info:
+            await invoke(eng, slow)
+        assert info.value.processor == "p"
+
+
+async def test_when_that_names_input_does_not_see_the_request_binding() -> None:
+    eng, spy, api = engine()
+    p = o.Processor(
+        name="p",
+        when="typeof input === 'undefined'",  # as before batching: no input yet
+        call=o.HttpCall(url="http://api/x", query="({v: input === null ? 'null' : 'set'})"),
+    )
+    await invoke(eng, p)
+    assert spy.names() == [("p.when",), ("p.query",)]
+    assert api.requests[0].url.params["v"] == "null"
