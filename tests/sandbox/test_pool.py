@@ -388,3 +388,17 @@ async def test_malformed_reply_kills_the_worker(monkeypatch: pytest.MonkeyPatch)
         monkeypatch.undo()
         assert not alive(pid)
         assert await sandbox.evaluate("3", {}) == 3
+
+
+async def test_large_host_does_not_make_workers_look_large() -> None:
+    """A host far above max_rss_bytes still keeps its workers (Linux's inherited ru_maxrss)."""
+    ballast = b"\x01" * (320 * 1024 * 1024)  # touched pages: the host's RSS grows by 320 MiB
+    try:
+        async with WorkerSandbox(1, limits=SandboxLimits(spares=0)) as sandbox:
+            assert await sandbox.evaluate("1", {}) == 1
+            (pid,) = sandbox.worker_pids
+            for i in range(5):
+                assert await sandbox.evaluate("i + 1", {"i": i}) == i + 1
+            assert sandbox.worker_pids == [pid]
+    finally:
+        del ballast

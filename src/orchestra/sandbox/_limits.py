@@ -29,8 +29,8 @@ class SandboxLimits:
         max_calls_per_worker: a worker is replaced after this many calls (a batch is
             one call). Starting a worker costs ~0.2 s of CPU; under load a pool serves
             thousands of calls a second, so a low value spends CPU on restarts.
-        max_rss_bytes: a worker whose peak resident memory exceeds this is replaced after
-            its call (SpiderMonkey does not give all memory back).
+        max_rss_bytes: a worker whose resident memory exceeds this after a burst of
+            calls is replaced (SpiderMonkey does not give all memory back).
         spares: started workers kept ready besides the busy and idle ones, so replacing
             a killed worker costs milliseconds instead of a cold start (~0.2-0.4 s).
         start_timeout: how long a new worker may take to become ready, in seconds.

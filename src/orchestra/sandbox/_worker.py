@@ -76,9 +76,23 @@ _FLUSH_AFTER = 0.0005
 _FLUSH_BYTES = 1 << 20
 
 
+def _rss_reader() -> Callable[[], int]:
+    """Return a function giving this process's current resident memory in KiB.
+
+    Not ``ru_maxrss``: Linux carries the parent's peak across fork and exec into it, so a
+    worker started by a host of 300 MiB would look 300 MiB large from its first call.
+    """
+    try:
+        fd = os.open("/proc/self/statm", os.O_RDONLY)
+    except OSError:  # no /proc: the peak is the best there is
+        return lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    page_kib = os.sysconf("SC_PAGE_SIZE") // 1024
+    pread = os.pread
+    return lambda: int(pread(fd, 128, 0).split()[1]) * page_kib
+
+
 def _serve(run: Callable[[str], str]) -> None:
-    getrusage = resource.getrusage
-    self_ = resource.RUSAGE_SELF
+    current_rss = _rss_reader()
     clock = time.monotonic
     _write(b"0 ready\n")
     buffer = bytearray()
@@ -117,7 +131,7 @@ def _serve(run: Callable[[str], str]) -> None:
                 reply = _error("sandbox: " + text, "script", _index(run))
         if not pending:  # peak RSS once per burst of replies
             since = clock()
-            rss = getrusage(self_).ru_maxrss
+            rss = current_rss()
         pending.append(b"%d %s\n" % (rss, reply.encode("utf-8", "replace")))
         data = pending[-1]
         size += len(data)
