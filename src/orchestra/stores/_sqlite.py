@@ -617,19 +617,7 @@ class SQLiteStore(Store):
         **kwargs: P.kwargs,
     ) -> T:
         """Run a write that is one statement (atomic by itself) in autocommit mode."""
-        # The hot path of every durable step: the same as _read, inlined.
-        if self._conn is None:
-            await self._connect()
-        try:
-            with self._lock:
-                conn = self._conn
-                if conn is None:
-                    raise self._closed_error()
-                result = fn(conn, *args, **kwargs)
-        except sqlite3.Error as exc:
-            if not _is_busy(exc):
-                raise self._error(exc, what) from exc
-            result = await self._retry(what, lambda: self._one(fn, *args, **kwargs))
+        result = await self._read(what, fn, *args, **kwargs)
         if self._checkpointer is not None:
             self._checkpointer.committed()
         return result
