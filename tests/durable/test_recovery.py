@@ -15,7 +15,15 @@ import pytest
 
 import orchestra as o
 from orchestra.sandbox import InProcessSandbox
-from orchestra.stores import InboxEvent, InMemoryStore, RunRecord, RunStatus, SQLiteStore, Store
+from orchestra.stores import (
+    InboxEvent,
+    InMemoryStore,
+    RunRecord,
+    RunStatus,
+    SQLiteStore,
+    Store,
+    Wait,
+)
 from orchestra.testing import MockHTTP
 
 from ._worker import EVENT, HERE, SAMPLE
@@ -222,3 +230,60 @@ async def test_recovery_and_the_poll_never_read_every_waiting_run() -> None:
     assert [w.run_id for w in await store.find_waits("done", "3")] == [ids[3]]
     assert len(await store.list_waits()) == 19
     await eng.aclose()
+
+
+class WaitCountingStore(InMemoryStore):
+    """The in-memory store, recording what recovery asks of its waits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.due_until: list[float] = []
+        self.listed = 0
+
+    async def due_waits(self, now: float) -> list[Wait]:
+        self.due_until.append(now)
+        return await super().due_waits(now)
+
+    async def list_waits(self) -> list[Wait]:
+        self.listed += 1
+        return await super().list_waits()
+
+
+async def test_opening_loads_only_the_deadlines_within_the_horizon() -> None:
+    """A restart does not read every waiting run's deadline, yet far deadlines still fire."""
+    from orchestra.engine._timers import HORIZON
+    from orchestra.testing import make_test_engine
+
+    def deploy(store: Store) -> o.Engine:
+        async def work(_: Any) -> Any:
+            return 1
+
+        return make_test_engine(store=store, functions={"work": work})
+
+    far = o.Process(name="far", trigger=GO, events=(o.Event(name="done", key="payload.id"),),
+                    steps=(
+        o.ResumeStep(name="wait", event="done", key="ctx.trigger.id", timeout="P3D",
+                     on_timeout="fail"),
+        o.ProcessStep(name="s", processors=(
+            o.Processor(name="work", call=o.FunctionCall(name="work")),
+        )),
+    ))  # fmt: skip
+    store = WaitCountingStore()
+    async with deploy(store) as first:
+        await first.deploy(far)
+        run_id = await first.start("far", {"id": 1})
+        began = first.executor.now()
+    store.due_until.clear()
+    second = deploy(store)
+    clock = second.executor.clock  # type: ignore[attr-defined]
+    await clock.advance(began - clock.now())  # the same moment, on the new engine's clock
+    async with second:
+        assert store.listed == 0
+        assert store.due_until == [pytest.approx(began + HORIZON)]
+        assert second._business.timers._heap == []  # three days away: not loaded
+        assert (await second.run(run_id)).status == "waiting"
+        await clock.advance(86400 * 3 + 1)
+        run = await second.run(run_id)
+        assert run.status == "failed"
+        assert run.path[-1] == "wait:timed_out"
+        assert len(store.due_until) > 1  # the timer task loaded the next stretches

@@ -22,6 +22,7 @@ Durability: see ``docs/explanation/durability.md``.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -38,9 +39,11 @@ from orchestra.engine._lifecycle import Lifecycle
 from orchestra.engine._queries import Queries, RunInfo
 from orchestra.engine._timers import Timers
 from orchestra.engine._versions import NotDeployedError, Versions
-from orchestra.errors import ConflictError
+from orchestra.errors import ConflictError, PersistenceError
 from orchestra.model import Process
 from orchestra.stores import RunStatus, Store, Version
+
+log = logging.getLogger("orchestra.engine")
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup, TaskStatus
@@ -132,8 +135,14 @@ class Business:
 
     async def _timer_loop(self) -> None:
         while True:
-            await self.timers.wait_due()
-            await self.fire_due(spawn=True)
+            if await self.timers.wait_due():
+                await self.fire_due(spawn=True)
+                continue
+            try:
+                await self.timers.load(self.store.due_waits)
+            except PersistenceError as exc:
+                log.warning("loading the next deadlines failed: %s", self.scrub(str(exc)))
+                await anyio.sleep(1.0)
 
     async def fire_due(self, *, spawn: bool = False) -> list[str]:
         """Time out every run whose deadline has passed; return their ids.

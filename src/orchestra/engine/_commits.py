@@ -15,10 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import attrs
-
 from orchestra._json import JSON
-from orchestra.engine._common import Log, canonical
+from orchestra.engine._common import Log, canonical, revise
 from orchestra.errors import ContextLimitError
 from orchestra.stores import CheckpointRecord, HistoryEntry, HistoryKind, OwnershipError, RunRecord
 
@@ -89,7 +87,7 @@ class Writer:
             await b.leases.ensure(held)
         now = b.now()
         until = None if release else now + b.leases.lease_seconds
-        run = attrs.evolve(
+        run = revise(
             run, context=b.scrub(run.context), error=b.scrub.optional(run.error),
             updated=now, owner=None if release else b.worker_id, lease_expires=until,
         )  # fmt: skip

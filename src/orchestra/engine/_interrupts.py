@@ -14,10 +14,8 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
-import attrs
-
 from orchestra._json import JSON
-from orchestra.engine._common import TERMINAL, Delivery, Log, step_name
+from orchestra.engine._common import TERMINAL, Delivery, Log, revise, step_name
 from orchestra.engine._leases import LeaseLostError
 from orchestra.errors import ConflictError, PersistenceError, RunNotFoundError
 from orchestra.model import Process, ResumeStep
@@ -93,7 +91,7 @@ class Interrupts:
                 f"{process.name}/{step.name}: no {step.event!r} event arrived within {step.timeout}"
             )
             await b.writer.commit(
-                held, attrs.evolve(run, status="failed", error=error),
+                held, revise(run, status="failed", error=error),
                 history=[timeout, ("run_failed", None, error)], release=True,
             )  # fmt: skip
         elif step.on_timeout == "continue":
@@ -103,7 +101,7 @@ class Interrupts:
             assert step.goto is not None
             target = next(i for i, s in enumerate(process.steps) if s.name == step.goto)
             run = await b.writer.commit(
-                held, attrs.evolve(run, position=target, status="running"),
+                held, revise(run, position=target, status="running"),
                 history=[timeout, ("goto", step.name, {"goto": step.goto})],
             )  # fmt: skip
             await b.lifecycle.drive(held, run, process, ctx)
@@ -121,7 +119,7 @@ class Interrupts:
             # This worker is advancing it: stop at the next step boundary, write it here.
             b.cancelled.add(run_id)
             b.timers.forget(run_id)
-            ended = attrs.evolve(local.record or run, status="cancelled", updated=b.now(),
+            ended = revise(local.record or run, status="cancelled", updated=b.now(),
                                  owner=None, lease_expires=None)  # fmt: skip
             try:
                 async with b.store.batch() as batch:
@@ -143,7 +141,7 @@ class Interrupts:
                 return False
             b.timers.forget(run_id)
             await b.writer.commit(
-                held, attrs.evolve(run, status="cancelled"), unwait=True, drop=[None],
+                held, revise(run, status="cancelled"), unwait=True, drop=[None],
                 history=[("run_cancelled", None, None)], release=True,
             )  # fmt: skip
             return True

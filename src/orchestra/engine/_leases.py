@@ -27,6 +27,7 @@ from contextlib import asynccontextmanager
 import anyio
 import attrs
 
+from orchestra.engine._common import revise
 from orchestra.errors import ConflictError, PersistenceError, RunNotFoundError
 from orchestra.executors import Executor
 from orchestra.stores import OwnershipError, RunRecord, Store
@@ -202,7 +203,7 @@ class Leases:
                 run = held.record or await self.store.get_run(held.run_id)
                 if run.owner not in (None, self.worker_id):
                     return
-                run = attrs.evolve(run, owner=None, lease_expires=None)
+                run = revise(run, owner=None, lease_expires=None)
                 await self.store.update_run(run, owner=self.worker_id)
                 held.record = run
             except OwnershipError as exc:

@@ -35,6 +35,7 @@ from orchestra.engine._common import (
     Log,
     canonical,
     check_payload,
+    revise,
     step_name,
 )
 from orchestra.engine._leases import LeaseLostError
@@ -181,7 +182,7 @@ class Lifecycle:
                 ctx["output"] = await runner.js(
                     process.output, runner.bindings(""), name="output", step="output"
                 )
-                run = attrs.evolve(run, context=b.writer.fit(process.name, "output", ctx))
+                run = revise(run, context=b.writer.fit(process.name, "output", ctx))
         except StepError as exc:
             where = step_name(process, run.position) or "output"
             exc.located(process=process.name, step=where, processor=None)
@@ -189,13 +190,13 @@ class Lifecycle:
             history = [*(last.history if last else ()), ("step_failed", where, error),
                        ("run_failed", None, error)]  # fmt: skip
             await b.writer.commit(
-                held, attrs.evolve(run, status="failed", error=error),
+                held, revise(run, status="failed", error=error),
                 history=history, drop=drop_all, release=True,
             )  # fmt: skip
             return
         history = [*(last.history if last else ()), ("run_completed", None, None)]
         await b.writer.commit(
-            held, attrs.evolve(run, status="completed"), history=history, drop=drop_all,
+            held, revise(run, status="completed"), history=history, drop=drop_all,
             release=True,
         )  # fmt: skip
 
@@ -211,12 +212,12 @@ class Lifecycle:
     ) -> _Ending:
         """Run a process step; return its end for the caller to commit."""
         b = self.b
-        nxt = attrs.evolve(run, position=run.position + 1, status="running")
         if step.when is not None:
             when = runner.js(
                 step.when, runner.bindings(step.name), name=f"{step.name}.when", step=step.name
             )
             if not truthy(await when):
+                nxt = revise(run, position=run.position + 1, status="running")
                 return _Ending(nxt, [("step_skipped", step.name, None)], [])
         started_at = b.now()
         done: dict[str, JSON] = {}
@@ -255,7 +256,8 @@ class Lifecycle:
             await runner.run(step, done=done, checkpoint=checkpoint if total > 1 else None)
         if failed:
             raise failed[0]
-        nxt = attrs.evolve(nxt, context=b.writer.fit(process.name, step.name, runner.context))
+        text = b.writer.fit(process.name, step.name, runner.context)
+        nxt = revise(run, position=run.position + 1, status="running", context=text)
         history: list[Log | HistoryEntry] = []
         if unstarted:
             history.append(b.writer.entry(run.id, "step_started", step.name, None, at=started_at))
@@ -284,7 +286,7 @@ class Lifecycle:
         wait = Wait(run_id=run.id, step=step.name, event=step.event, key=key, deadline=deadline)
         detail: JSON = {"event": step.event, "key": json.loads(key), "deadline": deadline}
         run = await b.writer.commit(
-            held, attrs.evolve(run, status="waiting"), wait=wait,
+            held, revise(run, status="waiting"), wait=wait,
             history=[("waiting", step.name, detail)],
         )  # fmt: skip
         return await self.settle(held, run, process, ctx, wait=wait)
@@ -341,7 +343,7 @@ class Lifecycle:
         detail: JSON = {"event": step.event, "id": event.event_id}
         history = [*event.before, ("event_consumed", step.name, detail)]
         try:
-            nxt = attrs.evolve(run, position=run.position + 1, status="running",
+            nxt = revise(run, position=run.position + 1, status="running",
                                context=b.writer.fit(process.name, step.name, ctx))  # fmt: skip
         except StepError:
             del events[step.name]

@@ -81,8 +81,7 @@ class Recovery:
         store = b.store
         await b.versions.refresh()
         taken = await self._take_over_all(await self._orphans())
-        for w in await store.list_waits():
-            b.timers.schedule(w)
+        await b.timers.load(store.due_waits)
         # Events stored but not delivered: one query pairs them with the waits they match.
         groups: dict[str, tuple[InboxEvent, list[Wait]]] = {}
         for w, event in await store.matched_waits(now=b.now()):

@@ -1,17 +1,21 @@
 """The resume deadlines one worker fires: an in-memory heap and one task that sleeps on it.
 
 A waiting run costs a heap entry here, no task. The heap holds the waits this worker
-parked and those it loaded from the store on recovery; deadlines of other workers' runs
-are found by the recovery's poll (``Store.due_waits``) if their worker died. An entry is
-stale once its run was resumed (:meth:`Timers.forget`) or waits with another deadline;
-stale entries are skipped when they come up, and whoever fires a deadline checks the run
-in the store anyway.
+parked and the stored waits whose deadline falls within the *horizon*: opening an engine
+over 100,000 waiting runs loads only the deadlines of the next few minutes
+(``Store.due_waits(now + horizon)``, an index range), and the timer task loads the next
+stretch each time the clock reaches the end of what it loaded. Deadlines of other
+workers' runs are found by the recovery's poll (``Store.due_waits``) if their worker
+died. An entry is stale once its run was resumed (:meth:`Timers.forget`) or waits with
+another deadline; stale entries are skipped when they come up, and whoever fires a
+deadline checks the run in the store anyway.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Awaitable, Callable
 
 import anyio
 
@@ -19,14 +23,20 @@ from orchestra.executors import Executor, VirtualClock
 from orchestra.executors._inmemory import _Sleeper
 from orchestra.stores import Wait
 
-__all__ = ["Timers"]
+__all__ = ["HORIZON", "Timers"]
+
+HORIZON = 300.0
+"""Seconds of stored deadlines the heap holds ahead of the clock."""
 
 
 class Timers:
     """Deadlines by time, on the executor's clock."""
 
-    def __init__(self, executor: Executor) -> None:
+    def __init__(self, executor: Executor, *, horizon: float = HORIZON) -> None:
         self.executor = executor
+        self.horizon = horizon
+        self.loaded_until: float | None = None
+        """Every stored deadline up to this time is in the heap (``None``: nothing loaded)."""
         self._heap: list[tuple[float, int, Wait]] = []
         self._deadline: dict[str, float] = {}
         self._seq = itertools.count()
@@ -45,6 +55,13 @@ class Timers:
         if self._sleep is not None and wait.deadline < self._sleep_until:
             self._sleep.cancel()
 
+    async def load(self, due_waits: Callable[[float], Awaitable[list[Wait]]]) -> None:
+        """Schedule the stored waits due within the horizon (``due_waits(until)``)."""
+        until = self.executor.now() + self.horizon
+        for wait in await due_waits(until):
+            self.schedule(wait)
+        self.loaded_until = until
+
     def forget(self, run_id: str) -> None:
         """The run no longer waits on the deadline scheduled for it."""
         self._deadline.pop(run_id, None)
@@ -61,19 +78,28 @@ class Timers:
             due.append(wait)
         return due
 
-    async def wait_due(self) -> None:
-        """Return when the earliest deadline has come (sleeping while the heap is empty)."""
+    async def wait_due(self) -> bool:
+        """Return when the earliest deadline has come (True) or the loaded stretch ends.
+
+        Returns False when the clock reaches :attr:`loaded_until` first: time to
+        :meth:`load` the next stretch. Sleeps while there is nothing to wait for.
+        """
         while True:
-            if not self._heap:
+            end = float("inf") if self.loaded_until is None else self.loaded_until
+            first = self._heap[0][0] if self._heap else float("inf")
+            now = self.executor.now()
+            if first <= now:
+                return True
+            if end <= now:
+                return False
+            if first == end == float("inf"):
                 self._wake = anyio.Event()
                 await self._wake.wait()
                 continue
-            delay = self._heap[0][0] - self.executor.now()
-            if delay <= 0:
-                return
+            until = min(first, end)
             with anyio.CancelScope() as scope:
-                self._sleep, self._sleep_until = scope, self._heap[0][0]
-                await _sleep(self.executor, delay)
+                self._sleep, self._sleep_until = scope, until
+                await _sleep(self.executor, until - now)
             self._sleep, self._sleep_until = None, float("inf")
 
 
