@@ -13,6 +13,7 @@ Every error the library raises on purpose derives from :class:`OrchestraError`::
     ├── RunFailedError           a run ended in failure (.run_id); ``__cause__`` is the StepError
     ├── EventError               a published event was rejected (payload schema, unknown event)
     ├── NotDeployedError         no deployed process has this name
+    ├── EngineClosedError        the call needs the engine open (``async with engine``)
     ├── PersistenceError         the store failed
     │   ├── RunNotFoundError
     │   └── ConflictError        another worker changed the record first
@@ -35,6 +36,7 @@ __all__ = [
     "ConflictError",
     "ContextLimitError",
     "DefinitionError",
+    "EngineClosedError",
     "EventError",
     "EventTakenError",
     "HttpError",
@@ -176,6 +178,10 @@ class NotDeployedError(OrchestraError, LookupError):
     def __init__(self, process: str) -> None:
         self.process = process
         super().__init__(f"process {process!r} is not deployed")
+
+
+class EngineClosedError(OrchestraError, RuntimeError):
+    """The call needs the engine open (``async with engine:``), and it is not."""
 
 
 class RunFailedError(OrchestraError):

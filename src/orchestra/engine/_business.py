@@ -39,7 +39,7 @@ from orchestra.engine._lifecycle import Lifecycle
 from orchestra.engine._queries import Queries, RunInfo
 from orchestra.engine._timers import Timers
 from orchestra.engine._versions import NotDeployedError, Versions
-from orchestra.errors import ConflictError, PersistenceError
+from orchestra.errors import ConflictError, EngineClosedError, PersistenceError
 from orchestra.model import Process
 from orchestra.stores import RunStatus, Store, Version
 
@@ -133,6 +133,46 @@ class Business:
         self._tg.start_soon(fn, *args)
         return True
 
+    async def start_background(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(*args, task_status=...)`` in the background; return what it starts with.
+
+        ``fn`` reports with ``task_status.started(value)`` once its durable part is done
+        (errors before that reach the caller); what it does after runs on, and an error
+        there is logged (the run's stored state explains it and recovery goes on with
+        it). Raises :class:`~orchestra.errors.EngineClosedError` if the engine is not open.
+        """
+        tg = self.require_open()
+
+        async def guarded(*, task_status: TaskStatus[Any]) -> None:
+            try:
+                await fn(*args, task_status=task_status)
+            except PersistenceError as exc:
+                log.warning("a background run stopped: %s", self.scrub(str(exc)))
+
+        return await tg.start(guarded)
+
+    def require_open(self) -> TaskGroup:
+        """The engine's background task group; :class:`EngineClosedError` if it is closed."""
+        if self._tg is None:
+            msg = "running in the background needs the engine open (async with engine)"
+            raise EngineClosedError(msg)
+        return self._tg
+
+    def start_soon_logged(self, fn: Any, *args: Any) -> None:
+        """Run ``fn(*args)`` in the background, logging a store failure instead of raising.
+
+        Raises :class:`~orchestra.errors.EngineClosedError` if the engine is not open.
+        """
+        tg = self.require_open()
+
+        async def guarded() -> None:
+            try:
+                await fn(*args)
+            except PersistenceError as exc:
+                log.warning("background work stopped: %s", self.scrub(str(exc)))
+
+        tg.start_soon(guarded)
+
     async def _timer_loop(self) -> None:
         while True:
             if await self.timers.wait_due():
@@ -172,19 +212,21 @@ class Business:
         """Return version ``seq`` of process ``name`` (loaded from the store once)."""
         return await self.versions.process(name, seq)
 
-    async def start(self, name: str, payload: JSON, *, run_id: str | None = None) -> str:
+    async def start(
+        self, name: str, payload: JSON, *, run_id: str | None = None, wait: bool = True
+    ) -> str:
         """Start a run of the latest deployed version of ``name``; return its id."""
-        started = await self.lifecycle.start(name, payload, run_id or uuid.uuid4().hex)
+        started = await self.lifecycle.start(name, payload, run_id or uuid.uuid4().hex, wait=wait)
         if started is None:
             msg = f"run {run_id!r} already exists"
             raise ConflictError(msg)
         return started
 
     async def publish(
-        self, name: str, payload: JSON, *, event_id: str | None = None
+        self, name: str, payload: JSON, *, event_id: str | None = None, wait: bool = True
     ) -> PublishResult:
         """Start the runs this event triggers and resume the waiting runs it matches."""
-        return await self.events.publish(name, payload, event_id=event_id)
+        return await self.events.publish(name, payload, event_id=event_id, wait=wait)
 
     async def cancel(self, run_id: str) -> bool:
         """Cancel a run that has not ended; return False if it had already ended."""

@@ -115,6 +115,7 @@ class Engine:
         payload: JSON = None,
         *,
         id: str | None = None,
+        wait: bool = True,
     ) -> PublishResult:
         """Publish event ``name``: start the runs it triggers, resume the runs waiting for it.
 
@@ -122,15 +123,23 @@ class Engine:
         no waiting run matches stays in the inbox (``event_ttl``) for runs that reach their
         resume step later. Raises :class:`~orchestra.EventError` (with the JSON path) when
         the payload does not match the event's schema.
-        """
-        return await self._business.publish(name, payload, event_id=id)
 
-    async def start(self, process: str, payload: JSON = None) -> str:
+        With ``wait`` (the default) the runs go as far as they can before this returns.
+        With ``wait=False`` it returns once the event and the runs it starts are stored
+        (durable: a crash after it returned loses nothing); the runs go on in the engine's
+        background tasks, so the engine must be open (``async with engine``, else
+        :class:`~orchestra.EngineClosedError`). See :attr:`PublishResult.background`.
+        """
+        return await self._business.publish(name, payload, event_id=id, wait=wait)
+
+    async def start(self, process: str, payload: JSON = None, *, wait: bool = True) -> str:
         """Start a run of the latest deployed version of ``process``; return its id.
 
-        The run goes as far as it can (until it waits, ends or fails) before this returns.
+        The run goes as far as it can (until it waits, ends or fails) before this returns;
+        with ``wait=False``, this returns once the run is stored and the engine's
+        background tasks drive it (the engine must be open, see :meth:`publish`).
         """
-        return await self._business.start(process, payload)
+        return await self._business.start(process, payload, wait=wait)
 
     async def run(self, run_id: str) -> RunInfo:
         """Return a run: status, context, position and history."""

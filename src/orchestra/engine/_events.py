@@ -9,6 +9,7 @@ in the inbox until a run reaches its resume step and takes it (in that run's com
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Sequence
@@ -47,6 +48,10 @@ class PublishResult:
     """True when an event with this id was published before; nothing new happened."""
     kept: bool = False
     """True when no run took it yet: it waits in the inbox for a run to reach its step."""
+    background: bool = False
+    """True when published with ``wait=False``: the event and the runs it starts are
+    stored, and the engine's background tasks go on with them. ``resumed`` then lists the
+    runs the event is being delivered to (one that moved on meanwhile will not take it)."""
 
 
 class Events:
@@ -56,15 +61,19 @@ class Events:
         self.b = business
 
     async def publish(
-        self, name: str, payload: JSON, *, event_id: str | None = None
+        self, name: str, payload: JSON, *, event_id: str | None = None, wait: bool = True
     ) -> PublishResult:
         """Start the runs this event triggers and resume the waiting runs it matches.
 
         A worker that dies in between leaves the event unconsumed (unless a run recorded
         it): publishing it again with the same id (or :meth:`recover`) delivers it to the
-        runs still waiting for it, and starts the runs it should have started.
+        runs still waiting for it, and starts the runs it should have started. Without
+        ``wait``, this returns once the event and the runs it starts are stored; the
+        deliveries and the runs go on in the engine's background tasks.
         """
         b = self.b
+        if not wait:
+            b.require_open()
         event_id = event_id or uuid.uuid4().hex
         if not b.versions.knows(name):  # deployed by another worker since we last looked?
             await b.versions.refresh()
@@ -89,7 +98,7 @@ class Events:
             if fresh:
                 # Taken out of the inbox by the first run's commit that records it.
                 claim = InboxClaim(event_id, exclusive=False) if key == stored.key else None
-                resumed += await self.deliver(waits, payload, event_id, claim=claim)
+                resumed += await self._deliver(waits, payload, event_id, claim, wait=wait)
             else:
                 # A known id: normally all was done. If its first delivery was cut short
                 # (the worker died before any run recorded it), it is still in the inbox.
@@ -97,16 +106,36 @@ class Events:
                 if pending is not None:
                     claim = InboxClaim(pending.id, exclusive=False)
                     payload_then = json.loads(pending.payload)
-                    resumed += await self.deliver(waits, payload_then, pending.id, claim=claim)
+                    resumed += await self._deliver(
+                        waits, payload_then, pending.id, claim, wait=wait
+                    )
         started: list[str] = []
         for p in starters:
             # A retried delivery finds its run there (None): it was started the first time.
-            run_id = await b.lifecycle.start(p.name, payload, start_id(event_id, p.name))
+            run_id = await b.lifecycle.start(p.name, payload, start_id(event_id, p.name), wait=wait)
             if run_id is not None:
                 started.append(run_id)
         kept = fresh and not resumed and bool(keys)
         return PublishResult(event_id=event_id, started=tuple(started), resumed=tuple(resumed),
-                             duplicate=not fresh, kept=kept)  # fmt: skip
+                             duplicate=not fresh, kept=kept, background=not wait)  # fmt: skip
+
+    async def _deliver(
+        self,
+        waits: Sequence[Wait],
+        payload: JSON,
+        event_id: str,
+        claim: InboxClaim | None,
+        *,
+        wait: bool,
+    ) -> list[str]:
+        """Deliver now (return the runs resumed) or in the background (the runs found)."""
+        if wait:
+            return await self.deliver(waits, payload, event_id, claim=claim)
+        # The event is in the inbox, unconsumed: if this worker dies before a run records
+        # it, recovery delivers it (Store.matched_waits).
+        self.b.start_soon_logged(functools.partial(self.deliver, claim=claim), waits, payload,
+                                 event_id)  # fmt: skip
+        return list(dict.fromkeys(w.run_id for w in waits))
 
     async def deliver(
         self,

@@ -54,6 +54,8 @@ from orchestra.stores import (
 )
 
 if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
+
     from orchestra.engine._business import Business
     from orchestra.engine._leases import Held
 
@@ -87,8 +89,27 @@ class Lifecycle:
 
     # -- starting -----------------------------------------------------------------------
 
-    async def start(self, name: str, payload: JSON, run_id: str) -> str | None:
-        """Start run ``run_id`` of ``name``'s latest version; ``None`` if the id exists."""
+    async def start(
+        self, name: str, payload: JSON, run_id: str, *, wait: bool = True
+    ) -> str | None:
+        """Start run ``run_id`` of ``name``'s latest version; ``None`` if the id exists.
+
+        With ``wait`` the run goes as far as it can before this returns; without, this
+        returns once the run is stored and the engine's background tasks drive it.
+        """
+        if wait:
+            return await self._start(name, payload, run_id)
+        started: str | None = await self.b.start_background(self._start, name, payload, run_id)
+        return started
+
+    async def _start(
+        self,
+        name: str,
+        payload: JSON,
+        run_id: str,
+        *,
+        task_status: TaskStatus[str | None] = anyio.TASK_STATUS_IGNORED,
+    ) -> str | None:
         b = self.b
         version = (await b.versions.deployed()).get(name)
         if version is None:
@@ -108,7 +129,9 @@ class Lifecycle:
                 run = await b.writer.commit(held, run, create=True, history=[started])
             except ConflictError:
                 held.released = True  # the run is someone else's: nothing of ours to give back
+                task_status.started(None)
                 return None
+            task_status.started(run.id)
             await self.drive(held, run, process, context)
         return run.id
 
@@ -252,8 +275,11 @@ class Lifecycle:
                 scope.cancel()
                 await anyio.lowlevel.checkpoint()
 
-        with anyio.CancelScope() as scope:
-            await runner.run(step, done=done, checkpoint=checkpoint if total > 1 else None)
+        if total > 1:
+            with anyio.CancelScope() as scope:
+                await runner.run(step, done=done, checkpoint=checkpoint)
+        else:  # nothing to checkpoint: no scope to cancel
+            await runner.run(step, done=done)
         if failed:
             raise failed[0]
         text = b.writer.fit(process.name, step.name, runner.context)

@@ -33,13 +33,17 @@ class WebhookEndpoint:
     """One webhook: the event it publishes and how requests are authenticated.
 
     ``secret`` (the key itself, not a secret name) turns on signature checks;
-    ``tolerance`` is the accepted clock skew in seconds.
+    ``tolerance`` is the accepted clock skew in seconds. With ``wait=False`` the 202
+    answers as soon as the event and the runs it starts are stored, and the runs go on in
+    the engine's background tasks (the engine must be open); by default it answers once
+    they went as far as they can.
     """
 
     event: str
     secret: str | None = None
     tolerance: float = 300.0
     id_header: str = "x-orchestra-event-id"
+    wait: bool = True
 
 
 def sign_webhook(secret: str, body: bytes, timestamp: float) -> dict[str, str]:
@@ -89,7 +93,10 @@ async def handle_webhook(
         return 400, {"error": f"the body is not JSON: {exc}", "path": "$"}
     try:
         result = await engine.publish(
-            endpoint.event, payload, id=headers.get(endpoint.id_header.lower())
+            endpoint.event,
+            payload,
+            id=headers.get(endpoint.id_header.lower()),
+            wait=endpoint.wait,
         )
     except EventError as exc:
         return 400, {"error": str(exc), "path": exc.path}
@@ -100,4 +107,5 @@ async def handle_webhook(
         "started": list(result.started),
         "resumed": list(result.resumed),
         "duplicate": result.duplicate,
+        "background": result.background,
     }
