@@ -43,14 +43,34 @@ def canonical(value: JSON) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-_RUN_FIELDS = tuple(a.name for a in attrs.fields(RunRecord))
+_SAME: Any = object()
 
 
-def revise(run: RunRecord, **changes: Any) -> RunRecord:
-    """``attrs.evolve(run, **changes)`` at a quarter of its cost (a run changes every step)."""
-    values = {name: getattr(run, name) for name in _RUN_FIELDS}
-    values.update(changes)
-    return RunRecord(**values)
+def revise(
+    run: RunRecord,
+    *,
+    status: RunStatus = _SAME,
+    context: str = _SAME,
+    position: int = _SAME,
+    error: str | None = _SAME,
+    updated: float = _SAME,
+    owner: str | None = _SAME,
+    lease_expires: float | None = _SAME,
+) -> RunRecord:
+    """``attrs.evolve(run, ...)`` at a fifth of its cost (a run changes every step)."""
+    return RunRecord(
+        id=run.id,
+        process=run.process,
+        version=run.version,
+        status=run.status if status is _SAME else status,
+        context=run.context if context is _SAME else context,
+        position=run.position if position is _SAME else position,
+        error=run.error if error is _SAME else error,
+        created=run.created,
+        updated=run.updated if updated is _SAME else updated,
+        owner=run.owner if owner is _SAME else owner,
+        lease_expires=run.lease_expires if lease_expires is _SAME else lease_expires,
+    )
 
 
 def start_id(event_id: str, process: str) -> str:

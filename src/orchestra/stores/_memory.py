@@ -292,7 +292,8 @@ class InMemoryStore(Store):
     async def append_history(self, entry: HistoryEntry) -> HistoryEntry:
         """Append to a run's history."""
         entries = self._history.setdefault(entry.run_id, [])
-        stored = attrs.evolve(entry, seq=len(entries) + 1)
+        stored = HistoryEntry(run_id=entry.run_id, kind=entry.kind, at=entry.at, step=entry.step,
+                              detail=entry.detail, seq=len(entries) + 1)  # fmt: skip
         entries.append(stored)
         return stored
 
