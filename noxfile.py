@@ -41,6 +41,10 @@ def typecheck(session: nox.Session) -> None:
     """Check types with mypy --strict."""
     session.install("-e", ".[postgres,server]", "mypy", *TEST_DEPS)
     session.run("mypy")
+    # Each example is its own program (two have a demo.py): one run each; then the benches.
+    for path in sorted(p for p in (ROOT / "examples").iterdir() if p.is_dir()):
+        session.run("mypy", str(path.relative_to(ROOT)))
+    session.run("mypy", "bench")
 
 
 @nox.session(python=PYTHON)

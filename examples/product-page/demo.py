@@ -26,14 +26,7 @@ import backends  # noqa: E402
 
 
 def make_engine() -> o.Engine:
-    """Return the engine: the default one (isolated worker sandbox) when it is available."""
-    try:
-        from orchestra.sandbox import WorkerSandbox  # type: ignore[attr-defined]  # noqa: F401
-    except ImportError:
-        # SWITCH: until orchestra.sandbox.WorkerSandbox lands, run the fragments in process.
-        from orchestra.sandbox import InProcessSandbox
-
-        return o.Engine(sandbox=InProcessSandbox())
+    """Return the default engine: fragments run in the isolated worker sandbox."""
     return o.Engine()
 
 
