@@ -7,7 +7,7 @@ Fragments are compiled separately (that needs a sandbox): see
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import httpx
 
@@ -31,9 +31,27 @@ def check(process: Process, *, source: str | None = None) -> None:
         raise DefinitionError(problems, source=source)
 
 
-def structural_problems(process: Process) -> list[Problem]:
-    """Return every structural problem of ``process``, each with its JSON path."""
-    return list(_process(process))
+def structural_problems(process: Process, *, skip: Collection[str] = ()) -> list[Problem]:
+    """Return every structural problem of ``process``, each with its JSON path.
+
+    ``skip`` names JSON paths whose values could not be read (the loader put stand-ins
+    there): nothing at or under them is reported, and no rule that reads them is checked.
+    """
+    unread = _Unread(skip)
+    return list(dict.fromkeys(p for p in _process(process, unread) if not unread(p.path)))
+
+
+class _Unread:
+    """Whether a JSON path is at or under one of the paths that could not be read."""
+
+    def __init__(self, paths: Collection[str]) -> None:
+        self.paths = frozenset(paths)
+
+    def __call__(self, path: str) -> bool:
+        if not self.paths:
+            return False
+        cuts = (i for i, c in enumerate(path) if c in ".[")
+        return path in self.paths or any(path[:i] in self.paths for i in cuts)
 
 
 def fragments(process: Process) -> Iterator[tuple[str, str, str]]:
@@ -70,7 +88,7 @@ def _name(path: str, name: str) -> Iterator[Problem]:
         yield Problem(path, f"{name!r} is not a valid name (letters, digits, '_' and '-')")
 
 
-def _process(p: Process) -> Iterator[Problem]:
+def _process(p: Process, unread: _Unread) -> Iterator[Problem]:
     yield from _name("$.name", p.name)
     if not p.steps:
         yield Problem("$.steps", "a process needs at least one step")
@@ -85,7 +103,12 @@ def _process(p: Process) -> Iterator[Problem]:
         if e.name in seen_events:
             yield Problem(f"$.events[{i}].name", f"duplicate event {e.name!r}")
         seen_events.add(e.name)
-    step_names = [s.name for s in p.steps]
+    # A step whose name could not be read may be the one a 'goto' names.
+    step_names = (
+        None
+        if any(unread(f"$.steps[{i}].name") for i in range(len(p.steps)))
+        else [s.name for s in p.steps]
+    )
     seen: set[str] = set()
     for si, step in enumerate(p.steps):
         sp = f"$.steps[{si}]"
@@ -94,12 +117,14 @@ def _process(p: Process) -> Iterator[Problem]:
             yield Problem(f"{sp}.name", f"duplicate step name {step.name!r}")
         seen.add(step.name)
         if isinstance(step, ResumeStep):
-            yield from _resume(sp, step, step_names)
+            yield from _resume(sp, step, step_names, unread)
         else:
-            yield from _step(sp, step)
+            yield from _step(sp, step, unread)
 
 
-def _resume(sp: str, step: ResumeStep, step_names: list[str]) -> Iterator[Problem]:
+def _resume(
+    sp: str, step: ResumeStep, step_names: list[str] | None, unread: _Unread
+) -> Iterator[Problem]:
     if not step.event:
         yield Problem(f"{sp}.event", "an event name is required")
     if step.timeout is not None:
@@ -111,15 +136,15 @@ def _resume(sp: str, step: ResumeStep, step_names: list[str]) -> Iterator[Proble
     if step.on_timeout == "goto":
         if step.goto is None:
             yield Problem(f"{sp}.goto", "on_timeout 'goto' needs the name of a step in 'goto'")
-        elif step.goto not in step_names:
+        elif step_names is not None and step.goto not in step_names:
             yield Problem(f"{sp}.goto", f"no step named {step.goto!r}")
-    elif step.goto is not None:
+    elif step.goto is not None and not unread(f"{sp}.on_timeout"):
         yield Problem(f"{sp}.goto", "'goto' is only used with on_timeout 'goto'")
-    if step.on_timeout != "fail" and step.timeout is None:
+    if step.on_timeout != "fail" and step.timeout is None and not unread(f"{sp}.timeout"):
         yield Problem(f"{sp}.on_timeout", "an on_timeout action needs a 'timeout'")
 
 
-def _step(sp: str, step: ProcessStep) -> Iterator[Problem]:
+def _step(sp: str, step: ProcessStep, unread: _Unread) -> Iterator[Problem]:
     if not step.processors:
         yield Problem(f"{sp}.processors", "a process step needs at least one processor")
     names: dict[str, int] = {}
@@ -129,14 +154,17 @@ def _step(sp: str, step: ProcessStep) -> Iterator[Problem]:
         if proc.name in names:
             yield Problem(f"{pp}.name", f"duplicate processor name {proc.name!r}")
         names.setdefault(proc.name, pi)
-        yield from _processor(pp, proc)
+        yield from _processor(pp, proc, unread)
+    # A processor whose name could not be read may be the one a need names.
+    names_read = not any(unread(f"{sp}.processors[{pi}].name") for pi in names.values())
     for pi, proc in enumerate(step.processors):
         for ni, need in enumerate(proc.needs):
             if need not in names:
-                yield Problem(
-                    f"{sp}.processors[{pi}].needs[{ni}]",
-                    f"no processor named {need!r} in this step",
-                )
+                if names_read:
+                    yield Problem(
+                        f"{sp}.processors[{pi}].needs[{ni}]",
+                        f"no processor named {need!r} in this step",
+                    )
             elif need == proc.name:
                 yield Problem(
                     f"{sp}.processors[{pi}].needs[{ni}]", "a processor cannot need itself"
@@ -147,10 +175,10 @@ def _step(sp: str, step: ProcessStep) -> Iterator[Problem]:
         yield Problem(f"{sp}.processors[{pi}].needs", "dependency cycle: " + " -> ".join(cycle))
 
 
-def _processor(pp: str, proc: Processor) -> Iterator[Problem]:
+def _processor(pp: str, proc: Processor, unread: _Unread) -> Iterator[Problem]:
     if proc.concurrency < 1:
         yield Problem(f"{pp}.concurrency", "must be at least 1")
-    if proc.on_error == "fail" and proc.fallback is not None:
+    if proc.on_error == "fail" and proc.fallback is not None and not unread(f"{pp}.on_error"):
         yield Problem(f"{pp}.fallback", "a fallback is only used with on_error 'fallback'")
     if proc.script_timeout is not None and proc.script_timeout <= 0:
         yield Problem(f"{pp}.script_timeout", "must be longer than zero")
@@ -198,7 +226,9 @@ def _placeholders(path: str, template: str) -> Iterator[Problem]:
 
 
 def _find_cycle(processors: tuple[Processor, ...]) -> list[str] | None:
-    graph = {p.name: [n for n in p.needs if n != p.name] for p in processors}
+    graph: dict[str, list[str]] = {}
+    for p in processors:  # as for needs, a name stands for its first processor
+        graph.setdefault(p.name, [n for n in p.needs if n != p.name])
     state: dict[str, int] = {}
     stack: list[str] = []
 

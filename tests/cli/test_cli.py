@@ -86,6 +86,25 @@ class TestValidate:
         assert "$.steps[0].processors[0].needs[0]" in err
         assert "Traceback" not in err
 
+    def test_shape_and_structural_problems_together(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Unknown keys, wrong types and a cycle are listed in one go, in document order."""
+        data = json.loads(json.dumps(PROCESS))
+        cms, price = data["steps"][0]["processors"]
+        cms["call"]["timout"] = 5
+        cms["needs"] = ["price"]
+        price["call"]["retry"] = {"attempts": "3"}
+        (tmp_path / "mixed.json").write_text(json.dumps(data))
+        assert main(["validate", str(tmp_path / "mixed.json")]) == 2
+        err = capsys.readouterr().err
+        assert err.splitlines() == [
+            f"invalid: 3 problems in {tmp_path / 'mixed.json'}:",
+            "  $.steps[0].processors[0].call.timout: unknown key",
+            "  $.steps[0].processors[0].needs: dependency cycle: cms -> price -> cms",
+            "  $.steps[0].processors[1].call.retry.attempts: expected a number, got str",
+        ]
+
     def test_fragment_syntax(self, files: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """A fragment that does not compile is reported with its path."""
         assert main(["validate", str(files / "broken.json")]) == 2

@@ -28,6 +28,7 @@ from orchestra.model import (
     ProcessStep,
     RequestTrigger,
     ResumeStep,
+    Retry,
 )
 
 __all__ = [
@@ -177,11 +178,22 @@ def _make_converter() -> cattrs.Converter:
             cls,
             make_dict_unstructure_fn(cls, c, _cattrs_omit_if_default=True, **overrides),  # type: ignore[arg-type]
         )
+    # Retry first: the hook of HttpCall looks up the one of its ``retry`` field when made.
+    for model in (Retry, *_MODEL_CLASSES):
         c.register_structure_hook(
-            cls, make_dict_structure_fn(cls, c, _cattrs_forbid_extra_keys=True)
+            model, _object(make_dict_structure_fn(model, c, _cattrs_forbid_extra_keys=True))
         )
-
     return c
+
+
+def _object(structure: Any) -> Any:
+    def checked(v: Any, t: Any) -> Any:
+        if not isinstance(v, dict):
+            msg = f"expected an object, got {type(v).__name__}"
+            raise TypeError(msg)
+        return structure(v, t)
+
+    return checked
 
 
 def _is_union_of(classes: tuple[type[Any], ...]) -> Any:
@@ -204,7 +216,7 @@ def _tagged(
         tag = v.get("type")
         if tag is None and default is not None:
             cls = default
-        elif tag in by_tag:
+        elif isinstance(tag, str) and tag in by_tag:
             cls = by_tag[tag]
         else:
             choices = ", ".join(repr(t) for t in by_tag)
@@ -220,33 +232,15 @@ converter = _make_converter()
 """The converter for the process model: JSON data in, model objects out, and back."""
 
 
-def _problems(exc: BaseException) -> list[Problem]:
-    problems: list[Problem] = []
-    for line in cattrs.transform_error(exc, path="$", format_exception=_format):
-        message, _, path = line.rpartition(" @ ")
-        if message.startswith("unknown keys "):
-            keys = message.removeprefix("unknown keys ").split(",")
-            problems.extend(Problem(f"{path}.{key}", "unknown key") for key in keys)
-        else:
-            problems.append(Problem(path, message))
-    return problems
-
-
-def _format(exc: BaseException, type_: type[Any] | None) -> str:
-    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
-        return "unknown keys " + ",".join(sorted(exc.extra_fields))
-    if isinstance(exc, KeyError):
-        return "required key missing"
-    if isinstance(exc, (TypeError, ValueError)) and str(exc):
-        return str(exc)
-    return cattrs.v.format_exception(exc, type_)
-
-
 def process_from_dict(data: object, *, source: str | None = None) -> Process:
     """Build a :class:`Process` from parsed JSON and validate it.
 
-    Raises :class:`~orchestra.DefinitionError` listing every problem with its JSON path.
+    Raises :class:`~orchestra.DefinitionError` listing every problem with its JSON path,
+    in document order: shape errors (unknown keys, wrong types, missing keys) together
+    with the structural problems of the parts that are well-formed.
     """
+    from orchestra.serialization._lenient import repair
+    from orchestra.serialization._report import in_document_order, shape_problems
     from orchestra.validation import structural_problems
 
     if not isinstance(data, dict):
@@ -262,11 +256,15 @@ def process_from_dict(data: object, *, source: str | None = None) -> Process:
         raise DefinitionError([problem], source=source)
     try:
         process = converter.structure(data, Process)
-    except Exception as exc:
-        raise DefinitionError(_problems(exc), source=source) from None
+    except Exception as exc:  # every shape error; then check what is readable
+        problems = shape_problems(exc)
+        partial, broken = repair(data, converter)
+        skip = broken | {p.path for p in problems}
+        problems += structural_problems(partial, skip=skip)
+        raise DefinitionError(in_document_order(problems, data), source=source) from None
     problems = structural_problems(process)
     if problems:
-        raise DefinitionError(problems, source=source)
+        raise DefinitionError(in_document_order(problems, data), source=source)
     return process
 
 
