@@ -11,7 +11,10 @@ one raw asyncpg insert of 1 KB (autocommit). Targets (issue 5): <= 0.1 ms per du
 step on SQLite, <= 1 ms on PostgreSQL.
 
 "batch" rows write the step's checkpoint and history in one transaction with the
-stores' ``batch()``; "sync_commit=off" rows use ``PostgresStore(synchronous_commit="off")``
+stores' ``batch()``; "16 runs at once" rows do so from 16 tasks, each writing its own
+runs' steps one after another (a worker with 16 runs in flight), and give wall time /
+steps: there the stores commit the batches of one event-loop turn together (group
+commit). "sync_commit=off" rows use ``PostgresStore(synchronous_commit="off")``
 (commits do not wait for the WAL flush; see docs/how-to/sqlite-and-postgres.md). The
 end-to-end rows run a deployed 10-step business process of no-op Python steps (one
 processor each) through ``Engine.start``: per run, one commit creates it and one commit
@@ -55,6 +58,8 @@ from orchestra.stores import (
 )
 
 STEPS = 10
+CONCURRENT = 16
+"""Runs in flight in the concurrent rows."""
 OUTPUT = json.dumps({"id": 123, "status": "ok", "items": [{"sku": "A-1", "qty": 2}] * 4})
 TRACE = json.dumps({"processor": "p", "started": 1.0, "ms": 0.1, "attempts": 1})
 RAW_ROW = json.dumps({"payload": "x" * 1000})
@@ -134,6 +139,52 @@ async def store_steps(store: Store, runs: int, *, batch: bool) -> Cost:
     return clock.per(runs * STEPS)
 
 
+async def store_steps_concurrent(store: Store, runs: int, *, tasks: int = CONCURRENT) -> Cost:
+    """ms per durable step with ``tasks`` runs in flight: wall time / steps, batched writes.
+
+    Each task writes its own runs' steps one after another (a checkpoint and a history
+    entry in one ``batch()`` per step), as a worker with that many runs in flight does;
+    the stores may commit batches of different tasks together (group commit).
+    """
+
+    async def one_task(n: int) -> None:
+        for _ in range(n):
+            run_id = uuid.uuid4().hex
+            for i in range(STEPS):
+                cp = CheckpointRecord(
+                    run_id=run_id, step=f"s{i}", processor="p", output=OUTPUT, trace=TRACE
+                )
+                entry = HistoryEntry(
+                    run_id=run_id, kind="step_completed", at=time.time(), step=f"s{i}"
+                )
+                async with store.batch() as b:
+                    b.put_checkpoint(cp)
+                    b.append_history(entry)
+
+    per_task = max(1, runs // tasks)
+    clock = Clock()
+    async with anyio.create_task_group() as tg:
+        for _ in range(tasks):
+            tg.start_soon(one_task, per_task)
+    return clock.per(per_task * tasks * STEPS)
+
+
+async def ungrouped(measure: Awaitable[Cost]) -> Cost:
+    """Run ``measure`` with the stores' group commit off: each batch commits alone.
+
+    The baseline of the concurrent rows: what the same work costs with one transaction
+    per batch, as before group commit (a private switch of the stores, for this bench).
+    """
+    from orchestra.stores import _postgres, _sqlite
+
+    saved = _sqlite._nothing_ready, _postgres._nothing_ready
+    _sqlite._nothing_ready = _postgres._nothing_ready = lambda loop: True
+    try:
+        return await measure
+    finally:
+        _sqlite._nothing_ready, _postgres._nothing_ready = saved
+
+
 # -- orchestra end to end ----------------------------------------------------------------------
 
 PROCESS = o.Process(
@@ -168,6 +219,37 @@ async def engine_steps(store: Store, runs: int) -> Cost:
         cost = clock.per(runs * STEPS)
         last = await engine.runs("bench", status="completed")
         assert len(last) == runs + 1, "every run completes"
+    return cost
+
+
+async def engine_steps_concurrent(store: Store, runs: int, *, tasks: int = CONCURRENT) -> Cost:
+    """ms per step of the 10-step process with ``tasks`` runs in flight (wall / steps).
+
+    ``tasks`` tasks each start runs one after another through ``Engine.start``, so that
+    many runs are in flight at once, as on a busy worker; the stores may then commit
+    the steps of different runs together (group commit).
+    """
+    from orchestra.executors import LocalExecutor
+    from orchestra.sandbox import InProcessSandbox
+
+    per_task = max(1, runs // tasks)
+    async with o.Engine(
+        store=store, functions={"noop": noop}, sandbox=InProcessSandbox(), executor=LocalExecutor()
+    ) as engine:
+        await engine.deploy(PROCESS)
+        await engine.start("bench", {"n": -1})
+
+        async def one_task(t: int) -> None:
+            for i in range(per_task):
+                await engine.start("bench", {"n": t * per_task + i})
+
+        clock = Clock()
+        async with anyio.create_task_group() as tg:
+            for t in range(tasks):
+                tg.start_soon(one_task, t)
+        cost = clock.per(per_task * tasks * STEPS)
+        done = await engine.runs("bench", status="completed")
+        assert len(done) == per_task * tasks + 1, "every run completes"
     return cost
 
 
@@ -221,6 +303,14 @@ async def measure_all(args: argparse.Namespace) -> dict[str, Any]:
                 "SQLiteStore checkpoint+history, batch",
                 lambda: on(sqlite_store, lambda s: store_steps(s, args.runs, batch=True)),
             ),
+            (
+                f"SQLiteStore ..., batch, {CONCURRENT} runs at once",
+                lambda: on(sqlite_store, lambda s: store_steps_concurrent(s, args.runs)),
+            ),
+            (
+                f"SQLiteStore ..., {CONCURRENT} at once, no group commit",
+                lambda: on(sqlite_store, lambda s: ungrouped(store_steps_concurrent(s, args.runs))),
+            ),
         ]
         if pg_why is None:
             contenders += [
@@ -237,6 +327,14 @@ async def measure_all(args: argparse.Namespace) -> dict[str, Any]:
                     lambda: on(pg_store, lambda s: store_steps(s, args.runs // 2, batch=True)),
                 ),
                 (
+                    f"PostgresStore ..., batch, {CONCURRENT} runs at once",
+                    lambda: on(pg_store, lambda s: store_steps_concurrent(s, args.runs)),
+                ),
+                (
+                    f"PostgresStore ..., {CONCURRENT} at once, no group commit",
+                    lambda: on(pg_store, lambda s: ungrouped(store_steps_concurrent(s, args.runs))),
+                ),
+                (
                     "PostgresStore ..., sync_commit=off",
                     lambda: on(
                         lambda: pg_store(synchronous_commit="off"),
@@ -248,6 +346,13 @@ async def measure_all(args: argparse.Namespace) -> dict[str, Any]:
                     lambda: on(
                         lambda: pg_store(synchronous_commit="off"),
                         lambda s: store_steps(s, args.runs // 2, batch=True),
+                    ),
+                ),
+                (
+                    f"PostgresStore ..., {CONCURRENT} at once, sync_commit=off",
+                    lambda: on(
+                        lambda: pg_store(synchronous_commit="off"),
+                        lambda s: store_steps_concurrent(s, args.runs),
                     ),
                 ),
             ]

@@ -6,6 +6,7 @@ Each test works in a schema of its own, dropped afterwards.
 """
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -171,7 +172,7 @@ async def test_a_v2_schema_gets_the_lease_index(
             await store.create_run(run("r2", status="waiting", owner="w", lease_expires=5.0))
     assert await version_of(pg_url, schema) == "2"
     async with await PostgresStore.open(pg_url, schema=schema) as store:
-        assert await store.schema_version() == 3
+        assert await store.schema_version() == LATEST
         found = await store.orphaned_runs(worker="me", now=10.0)
         assert [r.id for r in found] == ["r1", "r2"]
     rows = await admin(pg_url, "SELECT indexname FROM pg_indexes WHERE schemaname = $1", schema)
@@ -461,3 +462,176 @@ def test_required_postgres_fails_instead_of_skipping() -> None:
     done = subprocess.run(args, check=False, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout
     assert "skipped" in done.stdout
+
+
+# -- group commit ------------------------------------------------------------------------
+
+
+def spy_groups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the number of batches in every call of ``apply_batches``."""
+    sizes: list[int] = []
+    real = PostgresStore._apply_many
+
+    async def spy(self: PostgresStore, conn: Any, payload: str) -> Any:
+        sizes.append(len(json.loads(payload)))
+        return await real(self, conn, payload)
+
+    monkeypatch.setattr(PostgresStore, "_apply_many", spy)
+    return sizes
+
+
+async def commit_step(store: Store, run_id: str, *, owner: str = "w") -> None:
+    async with store.batch() as b:
+        b.update_run(run(run_id, position=1, owner=owner), owner=owner)
+        b.append_history(HistoryEntry(run_id=run_id, kind="step_completed", at=2.0))
+        b.put_checkpoint(
+            CheckpointRecord(run_id=run_id, step="s", processor="p", output="1", trace="{}")
+        )
+
+
+async def test_batches_of_one_turn_commit_in_one_call(
+    pg_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tasks committing in the same loop turn share one call; a lone batch does not."""
+    sizes = spy_groups(monkeypatch)
+    async with await PostgresStore.open(pg_url, schema=schema) as store:
+        for i in range(10):
+            await store.create_run(run(f"r{i}", owner="w"))
+        await commit_step(store, "r0")
+        assert sizes == []
+        async with anyio.create_task_group() as tg:
+            for i in range(1, 10):
+                tg.start_soon(commit_step, store, f"r{i}")
+        assert sizes == [9]
+        for i in range(10):
+            assert (await store.get_run(f"r{i}")).position == 1
+            assert [h.seq for h in await store.history(f"r{i}")] == [1]
+
+
+async def test_a_cancelled_leader_leaves_the_others_committed(
+    pg_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch that leads a group is cancelled before it is sent: only it is not written."""
+    sizes = spy_groups(monkeypatch)
+    async with await PostgresStore.open(pg_url, schema=schema) as store:
+        for i in range(4):
+            await store.create_run(run(f"r{i}", owner="w"))
+        scope = anyio.CancelScope()
+        done: list[str] = []
+
+        async def leader() -> None:
+            with scope:
+                await commit_step(store, "r0")
+                done.append("r0")
+
+        async def follower(run_id: str) -> None:
+            await commit_step(store, run_id)
+            done.append(run_id)
+
+        async def cancel() -> None:
+            scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(leader)
+            for i in range(1, 4):
+                tg.start_soon(follower, f"r{i}")
+            tg.start_soon(cancel)  # runs in the same turn, after the others joined
+        assert sorted(done) == ["r1", "r2", "r3"]
+        assert sizes == [3]
+        assert (await store.get_run("r0")).position == 0
+        for i in range(1, 4):
+            assert (await store.get_run(f"r{i}")).position == 1
+
+
+async def test_a_group_refused_by_the_server_commits_each_batch_alone(
+    pg_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the group's call fails on the server (it changed nothing), each batch commits
+    alone, with its own outcome."""
+    async with await PostgresStore.open(pg_url, schema=schema) as store:
+        for i in range(4):
+            await store.create_run(run(f"r{i}", owner="w"))
+        store._sql.apply_batches = "SELECT ($1::jsonb)::text::integer::text"  # always fails
+        sizes = spy_groups(monkeypatch)
+        outcome: dict[str, str] = {}
+
+        async def commit(run_id: str) -> None:
+            try:
+                await commit_step(store, run_id, owner="x" if run_id == "r2" else "w")
+            except OwnershipError:
+                outcome[run_id] = "refused"
+            else:
+                outcome[run_id] = "committed"
+
+        async with anyio.create_task_group() as tg:
+            for i in range(4):
+                tg.start_soon(commit, f"r{i}")
+        assert sizes == [4]
+        assert outcome == {"r0": "committed", "r1": "committed", "r2": "refused", "r3": "committed"}
+        for i in range(4):
+            assert (await store.get_run(f"r{i}")).position == int(i != 2)
+
+
+async def test_a_v3_schema_gets_group_commit(
+    pg_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 4 adds apply_batches to a v3 schema; its runs stay and groups fail alone."""
+    with monkeypatch.context() as m:
+        m.setattr(_migrations, "MIGRATIONS", _migrations.MIGRATIONS[:3])
+        async with await PostgresStore.open(pg_url, schema=schema) as store:
+            for i in range(3):
+                await store.create_run(run(f"r{i}", owner="w"))
+        assert await version_of(pg_url, schema) == "3"
+    sizes = spy_groups(monkeypatch)
+    async with await PostgresStore.open(pg_url, schema=schema) as store:
+        assert await store.schema_version() == LATEST
+        outcome: dict[str, str] = {}
+
+        async def commit(run_id: str) -> None:
+            try:
+                await commit_step(store, run_id, owner="x" if run_id == "r1" else "w")
+            except OwnershipError:
+                outcome[run_id] = "refused"
+            else:
+                outcome[run_id] = "committed"
+
+        async with anyio.create_task_group() as tg:
+            for i in range(3):
+                tg.start_soon(commit, f"r{i}")
+        assert sizes == [3]
+        assert outcome == {"r0": "committed", "r1": "refused", "r2": "committed"}
+        assert [h.seq for h in await store.history("r0")] == [1]
+        assert await store.history("r1") == []
+
+
+async def test_a_batch_waiting_for_a_row_lock_does_not_hold_up_its_group(
+    pg_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that would wait for a row another transaction holds is rolled back alone
+    (its locks released) and committed on its own once the row is free; the others of
+    its group commit meanwhile. Two workers' groups thus never deadlock."""
+    import asyncpg
+
+    sizes = spy_groups(monkeypatch)
+    async with await PostgresStore.open(pg_url, schema=schema) as store:
+        for i in range(3):
+            await store.create_run(run(f"r{i}", owner="w"))
+        other = await asyncpg.connect(pg_url)
+        try:
+            tx = other.transaction()
+            await tx.start()
+            await other.execute(f'SELECT 1 FROM "{schema}".runs WHERE id = $1 FOR UPDATE', "r0")
+            async with anyio.create_task_group() as tg:
+                for i in range(3):
+                    tg.start_soon(commit_step, store, f"r{i}")
+                with anyio.fail_after(5):
+                    while (await store.get_run("r2")).position != 1:  # noqa: ASYNC110
+                        await anyio.sleep(0.01)
+                assert (await store.get_run("r1")).position == 1
+                assert (await store.get_run("r0")).position == 0  # still waiting for the row
+                await tx.rollback()
+        finally:
+            await other.close()
+        assert sizes == [3]
+        assert [h.seq for h in await store.history("r0")] == [1]
+        assert (await store.get_run("r0")).position == 1

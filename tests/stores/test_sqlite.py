@@ -15,6 +15,7 @@ import pytest
 from orchestra.errors import PersistenceError
 from orchestra.stores import (
     CheckpointRecord,
+    EventTakenError,
     HistoryEntry,
     InboxEvent,
     RunRecord,
@@ -151,7 +152,7 @@ async def test_a_v2_database_gets_the_lease_index(
             await store.create_run(run("r2", status="waiting", owner="w", lease_expires=5.0))
     assert meta(path)["schema_version"] == "2"
     async with SQLiteStore(path) as store:
-        assert await store.schema_version() == 3
+        assert await store.schema_version() == LATEST
         found = await store.orphaned_runs(worker="me", now=10.0)
         assert [r.id for r in found] == ["r1", "r2"]
     with sqlite3.connect(path) as conn:
@@ -508,3 +509,213 @@ async def test_a_migration_rechecks_the_version_under_the_lock(
     async with SQLiteStore(path) as second:
         assert (await second.get_run("r1")).id == "r1"
     assert len(calls) == 2
+
+
+# -- group commit ------------------------------------------------------------------------
+
+
+def step_batch(store: Store, run_id: str, *, owner: str = "w") -> Any:
+    """A step's batch: fenced update, history entry and checkpoint (a context manager)."""
+    b = store.batch()
+    b.update_run(run(run_id, position=1, owner=owner), owner=owner)
+    b.append_history(HistoryEntry(run_id=run_id, kind="step_completed", at=2.0))
+    b.put_checkpoint(CheckpointRecord(run_id=run_id, step="s", processor="p", output="1",
+                                      trace="{}"))  # fmt: skip
+    return b
+
+
+def spy_groups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the size of every group SQLiteStore commits in one transaction."""
+    sizes: list[int] = []
+    real = SQLiteStore._apply_group
+
+    def spy(self: SQLiteStore, conn: sqlite3.Connection, group: list[Any]) -> None:
+        sizes.append(len(group))
+        real(self, conn, group)
+
+    monkeypatch.setattr(SQLiteStore, "_apply_group", spy)
+    return sizes
+
+
+async def test_batches_of_one_turn_commit_in_one_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tasks committing in the same loop turn share one transaction; a lone batch does not."""
+    sizes = spy_groups(monkeypatch)
+    async with await SQLiteStore.open(tmp_path / "db.sqlite") as store:
+        for i in range(10):
+            await store.create_run(run(f"r{i}", owner="w"))
+        async with step_batch(store, "r0"):
+            pass
+        assert sizes == []  # alone: committed at once, as ever
+
+        async def commit(run_id: str) -> None:
+            async with step_batch(store, run_id):
+                pass
+
+        async with anyio.create_task_group() as tg:
+            for i in range(1, 10):
+                tg.start_soon(commit, f"r{i}")
+        assert sizes == [9]
+        for i in range(10):
+            assert (await store.get_run(f"r{i}")).position == 1
+            assert [h.seq for h in await store.history(f"r{i}")] == [1]
+
+
+async def test_a_cancelled_leader_leaves_the_others_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch that leads a group is cancelled before the commit: only it is not written."""
+    sizes = spy_groups(monkeypatch)
+    async with await SQLiteStore.open(tmp_path / "db.sqlite") as store:
+        for i in range(4):
+            await store.create_run(run(f"r{i}", owner="w"))
+        scope = anyio.CancelScope()
+        outcome: dict[str, str] = {}
+
+        async def leader() -> None:
+            with scope:
+                async with step_batch(store, "r0"):
+                    pass
+                outcome["r0"] = "committed"
+
+        async def follower(run_id: str) -> None:
+            async with step_batch(store, run_id):
+                pass
+            outcome[run_id] = "committed"
+
+        async def cancel() -> None:
+            scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(leader)
+            for i in range(1, 4):
+                tg.start_soon(follower, f"r{i}")
+            tg.start_soon(cancel)  # runs in the same turn, after the others joined
+        assert outcome == {"r1": "committed", "r2": "committed", "r3": "committed"}
+        assert sizes == [3]
+        assert (await store.get_run("r0")).position == 0
+        assert await store.history("r0") == []
+        for i in range(1, 4):
+            assert (await store.get_run(f"r{i}")).position == 1
+
+
+async def test_a_busy_database_makes_grouped_batches_commit_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group that finds the database locked is rolled back; each batch waits and commits."""
+    path = tmp_path / "db.sqlite"
+    sizes = spy_groups(monkeypatch)
+    async with await SQLiteStore.open(path, busy_timeout=5.0) as store:
+        for i in range(5):
+            await store.create_run(run(f"r{i}", owner="w"))
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+
+        async def commit(run_id: str) -> None:
+            async with step_batch(store, run_id):
+                pass
+
+        async def release() -> None:
+            await anyio.sleep(0.2)
+            other.execute("COMMIT")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(release)
+            for i in range(5):
+                tg.start_soon(commit, f"r{i}")
+        other.close()
+        assert sizes == []  # BEGIN IMMEDIATE failed before any batch was applied
+        for i in range(5):
+            assert (await store.get_run(f"r{i}")).position == 1
+            assert [h.seq for h in await store.history(f"r{i}")] == [1]
+
+
+async def test_a_batch_failing_after_its_writes_without_a_savepoint_aborts_the_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should a batch fail having written with no savepoint, the group rolls back and every
+    batch commits alone: the failing one gets its error, the others commit."""
+    monkeypatch.setattr(_sqlite, "_needs_savepoint", lambda ops: False)
+    sizes = spy_groups(monkeypatch)
+    async with await SQLiteStore.open(tmp_path / "db.sqlite") as store:
+        for i in range(4):
+            await store.create_run(run(f"r{i}", owner="w"))
+        outcome: dict[str, str] = {}
+
+        async def commit(run_id: str) -> None:
+            try:
+                async with step_batch(store, run_id) as b:
+                    if run_id == "r2":
+                        b.consume_event("gone")  # fails after the batch's writes
+            except EventTakenError:
+                outcome[run_id] = "taken"
+            else:
+                outcome[run_id] = "committed"
+
+        async with anyio.create_task_group() as tg:
+            for i in range(4):
+                tg.start_soon(commit, f"r{i}")
+        assert sizes == [4]
+        assert outcome == {"r0": "committed", "r1": "committed", "r2": "taken", "r3": "committed"}
+        for i in range(4):
+            written = i != 2
+            assert (await store.get_run(f"r{i}")).position == int(written)
+            assert len(await store.history(f"r{i}")) == int(written)
+
+
+def test_only_batches_failing_after_a_write_need_a_savepoint() -> None:
+    """Conditions before every write (the engine's batches) need none."""
+    needs = _sqlite._needs_savepoint
+    assert not needs([("require_owner", ()), ("append_history", ()), ("put_checkpoint", ())])
+    assert not needs([("update_run", ()), ("append_history", ()), ("delete_checkpoints", ())])
+    assert not needs([("create_run", ()), ("append_history", ())])
+    assert needs([("update_run", ()), ("consume_event", ()), ("append_history", ())])
+    assert needs([("put_checkpoint", ()), ("require_owner", ())])
+
+
+async def test_a_v3_database_is_migrated_to_group_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 4 (group commit needs no new SQLite schema) opens a v3 file, keeping its runs."""
+    path = tmp_path / "db.sqlite"
+    with monkeypatch.context() as m:
+        m.setattr(_migrations, "MIGRATIONS", _migrations.MIGRATIONS[:3])
+        async with SQLiteStore(path) as store:
+            for i in range(3):
+                await store.create_run(run(f"r{i}", owner="w"))
+    assert meta(path)["schema_version"] == "3"
+    async with SQLiteStore(path) as store:
+        assert await store.schema_version() == LATEST
+
+        async def commit(run_id: str) -> None:
+            async with step_batch(store, run_id):
+                pass
+
+        async with anyio.create_task_group() as tg:
+            for i in range(3):
+                tg.start_soon(commit, f"r{i}")
+        for i in range(3):
+            assert (await store.get_run(f"r{i}")).position == 1
+
+
+async def test_batches_commit_alone_without_an_asyncio_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under another backend (trio: no asyncio loop runs) every batch commits at once, alone."""
+    monkeypatch.setattr(_sqlite, "_running_loop", lambda: None)
+    sizes = spy_groups(monkeypatch)
+    async with await SQLiteStore.open(tmp_path / "db.sqlite") as store:
+        for i in range(4):
+            await store.create_run(run(f"r{i}", owner="w"))
+
+        async def commit(run_id: str) -> None:
+            async with step_batch(store, run_id):
+                pass
+
+        async with anyio.create_task_group() as tg:
+            for i in range(4):
+                tg.start_soon(commit, f"r{i}")
+        assert sizes == []
+        for i in range(4):
+            assert (await store.get_run(f"r{i}")).position == 1

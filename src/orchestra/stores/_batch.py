@@ -1,7 +1,8 @@
 """Batches: writes collected by ``async with store.batch() as b:`` and committed together.
 
 A :class:`Batch` only records operations; the store that made it decides how to commit
-them. SQLite and PostgreSQL commit a batch in one transaction (all or nothing), the
+them. SQLite and PostgreSQL commit a batch in one transaction (all or nothing; batches
+of several tasks may share a transaction, each still all or nothing: group commit), the
 in-memory store checks every condition before it changes anything (all or nothing too),
 and a store that keeps :meth:`Store.batch`'s default applies the writes one by one
 through its own methods, which is **not** atomic (see :func:`apply_one_by_one`).

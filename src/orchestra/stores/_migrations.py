@@ -283,6 +283,40 @@ _POSTGRES_V3 = (
     "DROP INDEX IF EXISTS {schema}.runs_status",
 )
 
+# Group commit (PostgresStore): the batches of several tasks in one call and one
+# transaction, each in a subtransaction of its own (BEGIN ... EXCEPTION), so a batch whose
+# condition fails (OR001-OR004) is rolled back alone; the result has one element per
+# batch: null, or [SQLSTATE, message]. A batch whose history seq was taken meanwhile
+# (unique_violation), or that would wait more than a moment for a row another transaction
+# holds (lock_not_available; deadlock_detected), is rolled back alone too, releasing its
+# locks, and the store commits it again on its own: a group never makes its other batches
+# wait on another group (two workers' groups creating the same runs in different orders
+# would otherwise deadlock, and PostgreSQL finds a deadlock only after a second).
+# SQLite groups batches with savepoints and needs no change.
+_POSTGRES_V4 = (
+    """CREATE FUNCTION {schema}.apply_batches(batches jsonb) RETURNS jsonb
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        b jsonb;
+        results jsonb := '[]'::jsonb;
+    BEGIN
+        PERFORM set_config('lock_timeout', '20ms', true);
+        FOR b IN SELECT value FROM jsonb_array_elements(batches) LOOP
+            BEGIN
+                PERFORM {schema}.apply_batch(b);
+                results := results || '[null]'::jsonb;
+            EXCEPTION
+                WHEN SQLSTATE 'OR001' OR SQLSTATE 'OR002' OR SQLSTATE 'OR003'
+                    OR SQLSTATE 'OR004' OR unique_violation OR lock_not_available
+                    OR deadlock_detected THEN
+                    results := results || jsonb_build_array(jsonb_build_array(SQLSTATE, SQLERRM));
+            END;
+        END LOOP;
+        RETURN results;
+    END
+    $$""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(version=1, description="initial schema", sqlite=_SQLITE_V1, postgres=_POSTGRES_V1),
     Migration(
@@ -296,6 +330,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         description="an index of runs by status, owner and lease, for finding orphaned runs",
         sqlite=_SQLITE_V3,
         postgres=_POSTGRES_V3,
+    ),
+    Migration(
+        version=4,
+        description="group commit: several batches in one transaction, each failing alone",
+        sqlite=(),
+        postgres=_POSTGRES_V4,
     ),
 )
 """Every migration, in order; the last one's version is the schema this code writes."""

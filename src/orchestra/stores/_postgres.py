@@ -14,6 +14,11 @@ that is safe: when the call is idempotent (reads, replacing writes, a lease rene
 when the server's own termination notice shows the statement was not committed. As with
 any networked database, a call cancelled while its statement is on the server may still
 commit (asyncpg asks the server to cancel it, which can arrive too late).
+
+Group commit. The batches that several tasks commit in the same turn of the event loop
+are applied by one call of the schema's ``apply_batches`` function: one round trip and
+one WAL flush for the group, each batch in a subtransaction of its own. See
+:class:`PostgresStore` for what a caller can rely on.
 """
 
 # ruff: noqa: S608 - SQL text is built only from constants and a schema name checked to
@@ -27,6 +32,7 @@ import contextlib
 import inspect
 import json
 import logging
+import operator
 import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
@@ -232,6 +238,7 @@ class _SQL:
             "WHERE run_id = $1 RETURNING seq"
         )
         self.apply_batch = f"SELECT {s}.apply_batch($1::jsonb)"
+        self.apply_batches = f"SELECT {s}.apply_batches($1::jsonb)::text"
         self.history = (
             f"SELECT seq, kind, at, step, detail FROM {s}.history WHERE run_id = $1 ORDER BY seq"
         )
@@ -248,6 +255,31 @@ class PostgresStore(Store):
     makes commits return before the flush, several times faster on slow disks, and a
     server crash (never an application crash) may lose the last fraction of a second of
     commits, without corrupting anything.
+
+    **Group commit.** Batches (:meth:`batch`) that tasks commit in the same turn of the
+    event loop, up to 32, are sent together: one call, one transaction and one WAL
+    flush (the bulk of a commit's time) for all of them. The first yields once so that
+    the tasks ready to run can add theirs; a task of the store's own sends the group.
+    What a caller can rely on is unchanged:
+
+    * ``async with store.batch()`` returns only once its batch is committed, and a
+      batch is all or nothing;
+    * a batch that fails (``OwnershipError``, ``ConflictError``, ``EventTakenError``,
+      ``RunNotFoundError``) raises its own error and writes nothing: each runs in a
+      subtransaction (``BEGIN ... EXCEPTION`` in ``apply_batches``), so the other
+      batches of its group commit;
+    * a batch that would wait for a row another transaction holds (beyond 20 ms) or
+      whose history number another writer took meanwhile is rolled back alone and
+      committed again on its own, so a group never holds up its other batches, nor
+      deadlocks with another worker's group; every batch of a group the server refused
+      for another reason (nothing of it was written) is committed again on its own;
+    * a lost connection fails the group's batches as it fails a lone batch;
+    * cancelling a caller never cancels the others' commit; a batch cancelled before
+      its group was sent is left out of it, one cancelled later may still commit (as
+      any statement already on its way to the server).
+
+    A batch that finds nothing else ready to run in the loop is sent at once, alone,
+    as is every single-write method.
     """
 
     def __init__(
@@ -283,6 +315,9 @@ class PostgresStore(Store):
         self._held: Conn = None
         """A pooled connection kept between calls (see _Checkout)."""
         self._held_busy = False
+        self._group: list[_Pending] | None = None
+        """The batches of this event-loop turn waiting for one call (see _commit_batch)."""
+        self._flushing: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(
@@ -430,7 +465,12 @@ class PostgresStore(Store):
         raise AssertionError  # pragma: no cover - the loop returns or raises
 
     async def aclose(self) -> None:
-        """Close the pool and every subscription; the store is unusable after."""
+        """Close the pool and every subscription; the store is unusable after.
+
+        Groups of batches already on their way are committed (or fail) first.
+        """
+        if self._flushing:
+            await asyncio.wait(set(self._flushing))
         self._closed = True
         for sub in list(self._subscriptions):
             await sub.aclose()
@@ -773,12 +813,123 @@ class PostgresStore(Store):
         """Collect writes and commit them in one transaction when the block ends.
 
         If the block raises nothing is written; if a write or a condition fails, none
-        is. The batch is one round trip: a function in the schema applies it.
+        is. The batch is one round trip: a function in the schema applies it. Batches
+        of other tasks committed in the same loop turn may share the round trip and the
+        transaction (see the class's group commit), each still all or nothing.
         """
         return Batch(self._commit_batch)
 
     async def _commit_batch(self, batch_ops: list[Op]) -> None:
+        """Commit a batch: alone, or in one call and transaction with this loop turn's.
+
+        The first batch of a turn leads: it yields once, so that the tasks ready in this
+        turn can add theirs (up to ``_GROUP_MAX``), then a task of the store's own sends
+        them together (a caller's cancellation never cancels the others' commit) and
+        every caller waits for its batch's outcome. A batch that ends up alone, or finds
+        nothing else ready to run, is sent at once by its caller, as it always was.
+        """
         ops = json.dumps([_batch_op(name, args) for name, args in batch_ops])
+        group = self._group
+        if group is not None and len(group) < _GROUP_MAX:  # a leader collects: join it
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            pending = _Pending(ops, _batch_key(batch_ops), future)
+            group.append(pending)
+            await future  # cancelled: left out if the group is not sent yet, else may commit
+            await self._settle(pending)
+            return
+        loop = asyncio.get_running_loop()
+        if _nothing_ready(loop):
+            await self._apply_one(ops)
+            return
+        pending = _Pending(ops, _batch_key(batch_ops), None)
+        group = self._group = [pending]
+        try:
+            await asyncio.sleep(0)  # one turn: the tasks ready now may add their batches
+        except BaseException:
+            if self._group is group:
+                self._group = None
+            group.remove(pending)
+            self._launch(group)
+            raise
+        if self._group is group:
+            self._group = None
+        if not any(p.future is not None and not p.future.done() for p in group):
+            await self._apply_one(ops)  # alone after all
+            return
+        pending.future = future = loop.create_future()
+        self._launch(group)
+        await future
+        await self._settle(pending)
+
+    def _launch(self, group: list[_Pending]) -> None:
+        """Send ``group`` from a task of the store's own."""
+        if group:
+            task = asyncio.get_running_loop().create_task(self._flush(group))
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+
+    async def _settle(self, pending: _Pending) -> None:
+        """Finish a batch after its group's call: raise its error, or commit it alone."""
+        if pending.error is not None:
+            raise pending.error
+        if pending.retry:
+            await self._apply_one(pending.ops)
+
+    async def _flush(self, group: list[_Pending]) -> None:
+        """Apply ``group``'s batches with one call of ``apply_batches``; never raises.
+
+        Each batch runs in a subtransaction: one whose condition fails gets its error and
+        the others commit. A batch whose history seq another writer took or that would
+        wait for a row lock, or every batch when the call fails on the server for another
+        reason (it then changed nothing), is marked to be committed again alone; a lost
+        connection fails them all as it fails a lone batch.
+        """
+        group = [p for p in group if p.future is None or not p.future.done()]
+        try:
+            if len(group) == 1:
+                group[0].retry = True
+                return
+            # In the order of their runs: two groups lock the rows they share in the same
+            # order (what waits nonetheless is rolled back alone: see apply_batches).
+            group.sort(key=lambda p: p.key)
+            payload = "[" + ",".join(p.ops for p in group) + "]"
+            try:
+                results = await self._call("batch", False, self._apply_many, payload)
+            except BaseException as exc:
+                for p in group:
+                    p.error = exc if isinstance(exc, Exception) else self._error(exc, "batch")
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            if results is None or len(results) != len(group):
+                for p in group:
+                    p.retry = True
+                return
+            for p, result in zip(group, results, strict=True):
+                if result is not None:
+                    code, message = result
+                    error = _BATCH_ERRORS.get(code)
+                    if error is None:
+                        p.retry = True  # a history seq was taken, or a row lock held
+                    else:
+                        p.error = error(message)
+        finally:
+            for p in group:
+                if p.future is not None and not p.future.done():
+                    p.future.set_result(None)
+
+    async def _apply_many(self, conn: Conn, payload: str) -> list[Any] | None:
+        try:
+            text = await conn.fetchval(self._sql.apply_batches, payload)
+        except _asyncpg().PostgresError as exc:
+            if isinstance(exc, self._conn_errors):
+                raise
+            logger.debug("%s: a group of batches failed (%s); each commits alone", self, exc)
+            return None
+        results: list[Any] = json.loads(text)
+        return results
+
+    async def _apply_one(self, ops: str) -> None:
         unique = _asyncpg().UniqueViolationError
 
         async def apply(conn: Conn) -> None:
@@ -834,6 +985,54 @@ class PostgresStore(Store):
         return PostgresSubscription(self, self._channel(channel))
 
 
+_GROUP_MAX = 32
+"""Batches in one group at most: each is a subtransaction, and PostgreSQL keeps the ids
+of 64 per transaction in shared memory before other sessions' snapshots get slower."""
+
+
+class _Pending:
+    """One batch waiting for its group's call (see PostgresStore._commit_batch)."""
+
+    __slots__ = ("error", "future", "key", "ops", "retry")
+
+    def __init__(self, ops: str, key: str, future: asyncio.Future[None] | None) -> None:
+        self.ops = ops
+        """The batch's operations as the JSON array ``apply_batch`` reads."""
+        self.key = key
+        """The run the batch writes: groups apply their batches in this order."""
+        self.future = future
+        self.error: BaseException | None = None
+        """Why the batch failed; it was not written (or, after a lost connection, may be)."""
+        self.retry = False
+        """The group could not apply it: it was not written and commits on its own."""
+
+
+def _nothing_ready(loop: asyncio.AbstractEventLoop) -> bool:
+    """True when no other callback waits to run in this turn of ``loop`` (asyncio's own).
+
+    Then no other task can add a batch before this one's would leave, so waiting for
+    companions would only add latency. Loops without the ready queue (uvloop) say False.
+    """
+    ready = getattr(loop, "_ready", None)
+    return ready is not None and not ready
+
+
+def _batch_key(ops: list[Op]) -> str:
+    """The id of the run a batch writes (its first operation's), or ``""``."""
+    for name, args in ops:
+        if name == "consume_event":
+            continue
+        first = args[0]
+        if isinstance(first, str):
+            return first
+        return str(getattr(first, "run_id", None) or getattr(first, "id", ""))
+    return ""
+
+
+_GETTERS: dict[type, tuple[tuple[str, ...], Callable[[Any], tuple[object, ...]]]] = {}
+"""Per record class: its field names, and a getter of their values (faster than asdict)."""
+
+
 def _batch_op(name: str, args: tuple[object, ...]) -> dict[str, object]:
     """One batch operation as the JSON object ``apply_batch`` reads."""
     if name == "delete_checkpoints":
@@ -845,7 +1044,12 @@ def _batch_op(name: str, args: tuple[object, ...]) -> dict[str, object]:
     if name == "consume_event":
         return {"op": name, "id": args[0]}
     record = args[0]
-    fields: dict[str, object] = attrs.asdict(record)  # type: ignore[arg-type]
+    kind = type(record)
+    get = _GETTERS.get(kind)
+    if get is None:
+        names = tuple(a.name for a in attrs.fields(kind))  # type: ignore[arg-type]
+        get = _GETTERS[kind] = (names, operator.attrgetter(*names))
+    fields: dict[str, object] = dict(zip(get[0], get[1](record), strict=True))
     fields["op"] = name
     if name == "update_run":
         fields["expect_owner"] = args[1]

@@ -15,6 +15,11 @@ Writes that must be exclusive are single statements (``UPDATE ... WHERE`` a cond
 ``DELETE ... RETURNING``) or ``BEGIN IMMEDIATE`` transactions, so two processes racing to
 claim a run or delete a wait get exactly one winner. WAL checkpoints (the only syncs)
 run on a background thread with a connection of its own, off the event loop.
+
+Group commit. Under asyncio, the batches that several tasks commit in the same turn of
+the event loop (many runs in flight) share one transaction, each inside a savepoint when
+it needs one: a commit, the WAL write of every page it dirtied, is paid once for the
+group. See :class:`SQLiteStore` for what a caller can rely on.
 """
 
 # ruff: noqa: S608 - SQL text is built only from constants and a schema name checked to
@@ -22,6 +27,7 @@ run on a background thread with a connection of its own, off the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -381,11 +387,65 @@ _BATCH_OPS: dict[str, Callable[..., object]] = {
 def _apply_batch(conn: sqlite3.Connection, ops: list[Op], seqs: dict[str, int]) -> None:
     for name, args in ops:
         if name == "append_history":
-            entry = args[0]
-            assert isinstance(entry, HistoryEntry)
-            _append_history(conn, entry, seqs)
+            _append_history(conn, args[0], seqs)  # type: ignore[arg-type]
         else:
             _BATCH_OPS[name](conn, *args)
+
+
+_FALLIBLE = frozenset({"create_run", "update_run", "require_owner", "consume_event"})
+"""Batch operations that may fail the batch (each writes nothing when it fails)."""
+
+
+def _needs_savepoint(ops: list[Op]) -> bool:
+    """Whether a failing operation of ``ops`` may come after one that wrote.
+
+    Only then does a batch committed in a group need a savepoint of its own to undo its
+    writes: every fallible operation writes nothing when it fails, so a batch whose
+    conditions all come before its writes (the common case) fails having written nothing.
+    """
+    wrote = False
+    for name, _ in ops:
+        if name in _FALLIBLE and wrote:
+            return True
+        if name != "require_owner":
+            wrote = True
+    return False
+
+
+class _Pending:
+    """One batch waiting for its group's commit (see SQLiteStore._commit_batch)."""
+
+    __slots__ = ("error", "future", "ops", "retry")
+
+    def __init__(self, ops: list[Op], future: asyncio.Future[None] | None) -> None:
+        self.ops = ops
+        self.future = future
+        self.error: BaseException | None = None
+        """The batch's own error (a condition that failed): it was not written."""
+        self.retry = False
+        """The group could not commit: the batch was not written and commits on its own."""
+
+
+class _AbortGroup(Exception):
+    """A batch of a group failed having written (no savepoint): the whole group rolls back."""
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop, or ``None`` under another backend (trio)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _nothing_ready(loop: asyncio.AbstractEventLoop) -> bool:
+    """True when no other callback waits to run in this turn of ``loop`` (asyncio's own).
+
+    Then no other task can commit before this one's batch would be flushed, so waiting
+    for companions would only add latency. Loops without the ready queue (uvloop) say False.
+    """
+    ready = getattr(loop, "_ready", None)
+    return ready is not None and not ready
 
 
 class SQLiteStore(Store):
@@ -400,6 +460,27 @@ class SQLiteStore(Store):
     instead of inside commits on the event loop.
 
     Each process (each store) has its own connection; use one store per event loop.
+
+    **Group commit.** Under asyncio, batches (:meth:`batch`) that tasks commit in the
+    same turn of the event loop are written in one transaction: the first yields once
+    so that the tasks ready to run can add theirs, then the group is committed (no
+    await inside the transaction). What a caller can rely on is unchanged:
+
+    * ``async with store.batch()`` returns only once its batch is committed, and a
+      batch is all or nothing;
+    * a batch that fails (``OwnershipError``, ``ConflictError``, ``EventTakenError``,
+      ``RunNotFoundError``) raises its own error and writes nothing; the other batches
+      of its group commit (each runs inside a savepoint when a failure could follow
+      one of its writes);
+    * if the group's transaction cannot commit (the database is locked by another
+      process, a disk error), nothing of it is written, and every batch is committed
+      again on its own with the usual busy retries and errors;
+    * a batch cancelled while it waits for its group is left out of it (nothing
+      written), unless the group was committed already (then all of it is written);
+    * history numbers stay consecutive per run.
+
+    A batch that finds nothing else ready to run in the loop commits at once, alone, as
+    does every batch under another backend (trio) and every single-write method.
     """
 
     def __init__(
@@ -422,6 +503,8 @@ class SQLiteStore(Store):
         self._subscriptions: set[SQLiteSubscription] = set()
         self._seqs: dict[str, int] = {}
         """The next history seq of runs this store appended to (see _append_history)."""
+        self._group: list[_Pending] | None = None
+        """The batches of this event-loop turn waiting for one commit (see _commit_batch)."""
 
     @classmethod
     async def open(
@@ -880,12 +963,110 @@ class SQLiteStore(Store):
 
         One commit instead of one per write: ``async with store.batch() as b:
         b.append_history(...); b.update_run(...)``. If the block raises, nothing is
-        written; if a write or a condition fails, none is.
+        written; if a write or a condition fails, none is. Batches of other tasks
+        committed in the same loop turn may share the transaction (see the class's
+        group commit), each still all or nothing.
         """
         return Batch(self._commit_batch)
 
     async def _commit_batch(self, ops: list[Op]) -> None:
-        await self._write("batch", _apply_batch, ops, self._seqs)
+        """Commit ``ops``: alone, or in one transaction with the batches of this loop turn.
+
+        The first batch of a turn leads: it yields once, so that the tasks ready in this
+        turn can add theirs, then commits the group synchronously (no await inside the
+        transaction) and wakes the others. When nothing else is ready to run, or under a
+        backend other than asyncio, the batch commits at once, alone, as it always did.
+        """
+        if self._conn is None:
+            await self._connect()
+        group = self._group
+        if group is not None:  # a leader collects this turn's batches: join them
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            pending = _Pending(ops, future)
+            group.append(pending)
+            await future  # cancelled before the group's commit: left out, written never
+            await self._settle(pending)
+            return
+        loop = _running_loop()
+        if loop is None or _nothing_ready(loop):
+            await self._write("batch", _apply_batch, ops, self._seqs)
+            return
+        pending = _Pending(ops, None)
+        group = self._group = [pending]
+        try:
+            await asyncio.sleep(0)  # one turn: the tasks ready now may add their batches
+        except BaseException:
+            if self._group is group:
+                self._group = None
+            group.remove(pending)
+            self._flush(group)  # synchronous: the others are committed (or told to retry)
+            raise
+        if self._group is group:
+            self._group = None
+        self._flush(group)
+        await self._settle(pending)
+
+    async def _settle(self, pending: _Pending) -> None:
+        """Finish a batch after its group's commit: raise its error, or commit it alone."""
+        if pending.error is not None:
+            raise pending.error
+        if pending.retry:
+            await self._write("batch", _apply_batch, pending.ops, self._seqs)
+
+    def _flush(self, group: list[_Pending]) -> None:
+        """Commit ``group``'s batches in one transaction, each failing alone; never raises.
+
+        Each batch that needs one (see ``_needs_savepoint``) runs inside a savepoint, so
+        a batch whose condition fails is rolled back alone and gets its error; the others
+        commit. If the transaction itself fails (the database is busy, a disk error), it
+        is rolled back whole and every batch is marked to commit again on its own, with
+        the usual retries and errors.
+        """
+        group = [p for p in group if p.future is None or not p.future.done()]
+        try:
+            if len(group) == 1:
+                group[0].retry = True  # alone after all: the ordinary path
+            elif group:
+                self._tx(self._apply_group, group)
+                if self._checkpointer is not None:
+                    self._checkpointer.committed()
+        except (sqlite3.Error, _AbortGroup, PersistenceError):
+            for p in group:
+                p.error, p.retry = None, True
+        except Exception as exc:  # pragma: no cover - a bug: every batch fails with it
+            for p in group:
+                p.error = exc
+        except BaseException:  # pragma: no cover - KeyboardInterrupt: nothing was written
+            for p in group:
+                p.error = PersistenceError(f"SQLite store {self._path}: batch interrupted")
+            raise
+        finally:
+            for p in group:
+                if p.future is not None and not p.future.done():
+                    p.future.set_result(None)
+
+    def _apply_group(self, conn: sqlite3.Connection, group: list[_Pending]) -> None:
+        seqs = self._seqs
+        for p in group:
+            savepoint = _needs_savepoint(p.ops)
+            if savepoint:
+                conn.execute("SAVEPOINT orchestra_batch")
+            changes = conn.total_changes
+            try:
+                _apply_batch(conn, p.ops, seqs)
+            except (ConflictError, RunNotFoundError) as exc:
+                if savepoint:
+                    conn.execute("ROLLBACK TO orchestra_batch")
+                    conn.execute("RELEASE orchestra_batch")
+                elif conn.total_changes != changes:
+                    raise _AbortGroup from exc
+                for name, args in p.ops:  # numbers it took were rolled back
+                    if name == "append_history":
+                        seqs.pop(args[0].run_id, None)  # type: ignore[attr-defined]
+                p.error = exc
+            else:
+                if savepoint:
+                    conn.execute("RELEASE orchestra_batch")
 
     @property
     def supports_notify(self) -> bool:

@@ -233,6 +233,88 @@ class DurableStoreContract:
             assert peeked.id == "e1"
 
     @pytest.mark.anyio
+    async def test_concurrent_batches_fail_alone(self, open_store: Opener) -> None:
+        """Batches committed at once (a store may group them in one transaction) fail alone.
+
+        Each failing batch raises its own error and writes nothing, even when its failing
+        condition comes after its writes; every other batch commits whole, and history
+        numbers stay without gaps.
+        """
+        n = 12
+        async with await open_store() as store:
+            for i in range(n):
+                await store.create_run(_run(f"r{i}", owner="w1"))
+            await store.add_event(
+                InboxEvent(id="e1", name="e", key='"k"', payload="{}", received=1.0, expires=99.0)
+            )
+            await store.add_event(
+                InboxEvent(id="e2", name="e", key='"k"', payload="{}", received=2.0, expires=99.0)
+            )
+            await store.consume_event("e2")
+
+            def step(b: Any, run_id: str) -> None:
+                b.require_owner(run_id, "w1")
+                b.append_history(HistoryEntry(run_id=run_id, kind="step_completed", at=2.0))
+                b.put_checkpoint(
+                    CheckpointRecord(run_id=run_id, step="s", processor="a", output="1",
+                                     trace="{}")
+                )  # fmt: skip
+                b.update_run(_run(run_id, position=1, owner="w1"), owner="w1")
+
+            def then(last: Callable[[Any], None]) -> Callable[[Any, str], None]:
+                def make(b: Any, run_id: str) -> None:
+                    step(b, run_id)
+                    last(b)
+
+                return make
+
+            failing: dict[str, tuple[type[BaseException], Callable[[Any, str], None]]] = {
+                "r1": (OwnershipError, lambda b, r: b.update_run(_run(r), owner="w2")),
+                "r3": (EventTakenError, then(lambda b: b.consume_event("e2"))),
+                "r5": (ConflictError, then(lambda b: b.create_run(_run("r0")))),
+                "r7": (RunNotFoundError, then(lambda b: b.require_owner("missing", "w1"))),
+                "r9": (OwnershipError, then(lambda b: b.require_owner("r0", "w2"))),
+            }
+            outcomes: dict[str, type[BaseException] | None] = {}
+
+            async def commit(run_id: str) -> None:
+                make = failing[run_id][1] if run_id in failing else step
+                if run_id == "r4":
+                    make = then(lambda b: b.consume_event("e1"))
+                try:
+                    async with store.batch() as b:
+                        make(b, run_id)
+                except Exception as exc:
+                    outcomes[run_id] = type(exc)
+                else:
+                    outcomes[run_id] = None
+
+            async with anyio.create_task_group() as tg:
+                for i in range(n):
+                    tg.start_soon(commit, f"r{i}")
+            for i in range(n):
+                run_id = f"r{i}"
+                expected = failing[run_id][0] if run_id in failing else None
+                got = outcomes[run_id]
+                assert got is expected or (expected and got and issubclass(got, expected)), run_id
+                written = expected is None
+                assert (await store.get_run(run_id)).position == int(written), run_id
+                assert len(await store.history(run_id)) == int(written), run_id
+                assert len(await store.checkpoints(run_id, "s")) == int(written), run_id
+            assert await store.peek_event("e", '"k"', now=5.0) is None  # r4 consumed e1
+
+            async def append(run_id: str) -> None:
+                async with store.batch() as b:
+                    b.append_history(HistoryEntry(run_id=run_id, kind="goto", at=3.0))
+
+            async with anyio.create_task_group() as tg:  # numbering goes on without gaps
+                for i in range(n):
+                    tg.start_soon(append, f"r{i}")
+            for i in range(n):
+                seqs = [h.seq for h in await store.history(f"r{i}")]
+                assert seqs == ([1] if f"r{i}" in failing else [1, 2]), f"r{i}"
+
+    @pytest.mark.anyio
     async def test_a_stalled_worker_is_fenced_out(self, open_store: Opener) -> None:
         """Worker A's lease expires and B takes the run: A's conditional writes all fail."""
         async with await open_store() as a, await open_store() as b:
