@@ -1,110 +1,19 @@
-"""Executors: the contract both executors keep, and the virtual clock's own behaviour."""
+"""Executors: what each executor does beyond the contract, and the virtual clock's own behaviour.
+
+The contract both keep is ``ExecutorContract``, run in ``test_contract.py``.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 import anyio
 import pytest
 
-from orchestra.executors import Executor, InMemoryExecutor, LocalExecutor, VirtualClock
+from orchestra.executors import InMemoryExecutor, LocalExecutor, VirtualClock
 
 pytestmark = pytest.mark.anyio
-
-EXECUTORS: dict[str, Callable[[], Executor]] = {
-    "local": LocalExecutor,
-    "inmemory": InMemoryExecutor,
-}
-
-
-@pytest.fixture(params=sorted(EXECUTORS))
-def executor(request: pytest.FixtureRequest) -> Executor:
-    """Each executor in turn."""
-    return EXECUTORS[request.param]()
-
-
-class TestContract:
-    async def test_sleepers_wake_in_deadline_order(self, executor: Executor) -> None:
-        """Concurrent sleeps end in the order of their deadlines, not their start."""
-        order: list[float] = []
-
-        async def nap(d: float) -> None:
-            await executor.sleep(d)
-            order.append(d)
-
-        async with anyio.create_task_group() as tg:
-            for d in (0.06, 0.02, 0.04):
-                tg.start_soon(nap, d)
-        assert order == [0.02, 0.04, 0.06]
-
-    async def test_sleep_moves_now(self, executor: Executor) -> None:
-        """now() advances by at least the time slept."""
-        before = executor.now()
-        await executor.sleep(0.02)
-        assert executor.now() - before >= 0.019
-
-    async def test_zero_and_negative_sleep_return(self, executor: Executor) -> None:
-        """Sleeping zero or less returns at once."""
-        with anyio.fail_after(1):
-            await executor.sleep(0)
-            await executor.sleep(-1)
-
-    async def test_fail_after_raises_timeout(self, executor: Executor) -> None:
-        """A body that outlives its deadline raises TimeoutError."""
-        with pytest.raises(TimeoutError):
-            async with executor.fail_after(0.02):
-                await executor.sleep(5)
-
-    async def test_fail_after_lets_fast_body_finish(self, executor: Executor) -> None:
-        """A body within its deadline completes normally."""
-        done = False
-        async with executor.fail_after(1):
-            await executor.sleep(0.01)
-            done = True
-        assert done
-
-    async def test_fail_after_none_has_no_deadline(self, executor: Executor) -> None:
-        """fail_after(None) never times out."""
-        async with executor.fail_after(None):
-            await executor.sleep(0.02)
-
-    async def test_fail_after_passes_body_errors_through(self, executor: Executor) -> None:
-        """An exception from the body arrives as itself, not wrapped in a group."""
-        cause = ValueError("inner")
-        with pytest.raises(KeyError) as info:
-            async with executor.fail_after(5):
-                await executor.sleep(0.001)
-                raise KeyError("boom") from cause
-        assert info.value.__cause__ is cause
-
-    async def test_nested_fail_after_inner_deadline_wins(self, executor: Executor) -> None:
-        """The inner, shorter deadline fires; the outer scope goes on."""
-        async with executor.fail_after(5):
-            with pytest.raises(TimeoutError):
-                async with executor.fail_after(0.01):
-                    await executor.sleep(1)
-            await executor.sleep(0.001)
-
-    async def test_run_sync_returns_result(self, executor: Executor) -> None:
-        """run_sync returns the function's value."""
-        assert await executor.run_sync(lambda: 6 * 7) == 42
-
-    async def test_run_sync_raises_function_error(self, executor: Executor) -> None:
-        """run_sync raises what the function raised."""
-
-        def boom() -> None:
-            raise ZeroDivisionError
-
-        with pytest.raises(ZeroDivisionError):
-            await executor.run_sync(boom)
-
-    async def test_random_in_unit_interval(self, executor: Executor) -> None:
-        """random() returns floats in [0, 1) that vary."""
-        values = [executor.random() for _ in range(200)]
-        assert all(isinstance(v, float) and 0.0 <= v < 1.0 for v in values)
-        assert len(set(values)) > 100
 
 
 class TestLocalExecutor:

@@ -4,8 +4,9 @@
 serves canned answers through ``httpx.MockTransport``; ``BusinessTest`` runs a whole
 business process with a sample payload; the pytest plugin
 ``orchestra.testing.pytest_plugin`` provides the ``orchestra_engine`` and ``http_mock``
-fixtures. ``SandboxContract`` and ``StoreContract`` are the contract test suites an
-adapter author runs against a new sandbox or store (they need pytest).
+fixtures. ``ExecutorContract``, ``SandboxContract`` and ``StoreContract`` are the contract
+test suites an adapter author runs against a new executor, sandbox or store (they need
+pytest).
 """
 
 from typing import TYPE_CHECKING, Any
@@ -16,11 +17,13 @@ from orchestra.testing._engine import TestSecrets, make_test_engine
 from orchestra.testing._mocks import MockHTTP, MockRoute
 
 if TYPE_CHECKING:
+    from orchestra.executors.contract import ExecutorContract
     from orchestra.sandbox.contract import SandboxContract
     from orchestra.stores.contract import StoreContract
 
 __all__ = [
     "BusinessTest",
+    "ExecutorContract",
     "InMemoryExecutor",
     "MockHTTP",
     "MockRoute",
@@ -33,6 +36,7 @@ __all__ = [
 
 # The contract suites import pytest: load them only when asked for.
 _CONTRACTS = {
+    "ExecutorContract": "orchestra.executors.contract",
     "SandboxContract": "orchestra.sandbox.contract",
     "StoreContract": "orchestra.stores.contract",
 }
