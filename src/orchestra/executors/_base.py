@@ -26,7 +26,7 @@ class Executor(abc.ABC):
 
     @abc.abstractmethod
     async def sleep(self, seconds: float) -> None:
-        """Wait ``seconds`` (real or virtual)."""
+        """Wait ``seconds`` (real or virtual); zero or less returns at once."""
 
     @abc.abstractmethod
     def fail_after(self, seconds: float | None) -> AbstractAsyncContextManager[None]:
