@@ -111,7 +111,13 @@ def check(runs: list[Any], results: list[Any]) -> None:
     started = Counter(event_id for event_id, res in results for _ in res.started)
     resumed = Counter(event_id for event_id, res in results for _ in res.resumed)
     assert started == Counter({f"start-{i}": 1 for i in range(N)})
-    assert resumed == Counter({f"supplier-{i}": 1 for i in range(N)})
+    # Each event resumed its run once (the history above). Nearly always one of the two
+    # publishes did it; but on a loaded machine a worker can stall past its lease while
+    # resuming, the other worker's recovery takes the run over and consumes the event
+    # from the inbox, and then neither publish reports it. Never may both.
+    assert set(resumed) <= {f"supplier-{i}" for i in range(N)}
+    assert max(resumed.values()) == 1
+    assert len(resumed) >= N * 0.8
 
 
 @pytest.mark.slow
