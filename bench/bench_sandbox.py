@@ -15,7 +15,13 @@ import anyio
 
 from orchestra._json import JSON
 from orchestra.errors import StepTimeoutError
-from orchestra.sandbox import FragmentCall, InProcessSandbox, SandboxLimits, WorkerSandbox
+from orchestra.sandbox import (
+    EachCall,
+    FragmentCall,
+    InProcessSandbox,
+    SandboxLimits,
+    WorkerSandbox,
+)
 
 ROUNDS = 5
 CALLS = 300
@@ -34,6 +40,23 @@ BATCH = (
     FragmentCall("p.path", "({id: input.s})"),
     FragmentCall("p.query", "({n: input.n, flag: ctx.flag})"),
 )
+
+# A for_each over three items, and each item's request (what evaluate_each does in one trip).
+LIST = (FragmentCall("p.for_each", "[ctx.name1, ctx.name2, ctx.name3]"),)
+ITEM = (
+    FragmentCall("p.input", "({s: item, i: index})", bind="input"),
+    FragmentCall("p.query", "({s: input.s, flag: ctx.flag})"),
+)
+EACH = EachCall(over=0, fragments=ITEM)
+
+
+async def list_then_items(pool: WorkerSandbox) -> None:
+    """The for_each batch, then one batch per item, concurrently (the engine without chains)."""
+    (items,) = await pool.evaluate_all(LIST, BINDINGS)
+    assert isinstance(items, list)
+    async with anyio.create_task_group() as tg:
+        for i, item in enumerate(items):
+            tg.start_soon(pool.evaluate_all, ITEM, {**BINDINGS, "item": item, "index": i})
 
 
 def median_us(samples: list[float]) -> float:
@@ -127,6 +150,18 @@ async def main() -> None:
             (
                 "worker pool, 3-fragment batch (1 caller)",
                 f"{await per_call(lambda: pool.evaluate_all(BATCH, BINDINGS)):8.1f} us",
+            )
+        )
+        rows.append(
+            (
+                "worker pool, for_each + 3 items, 4 batches (1 caller)",
+                f"{await per_call(lambda: list_then_items(pool)):8.1f} us",
+            )
+        )
+        rows.append(
+            (
+                "worker pool, for_each + 3 items, evaluate_each (1 caller)",
+                f"{await per_call(lambda: pool.evaluate_each(LIST, BINDINGS, EACH)):8.1f} us",
             )
         )
         for callers in (2, 8, 50):

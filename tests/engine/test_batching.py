@@ -6,15 +6,23 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
 import orchestra as o
 from orchestra._json import JSON
-from orchestra.engine import _steps
+from orchestra.engine import _batching, _steps
 from orchestra.engine._steps import uses
 from orchestra.executors import InMemoryExecutor
-from orchestra.sandbox import FragmentCall, InProcessSandbox, SandboxLimits, WorkerSandbox
+from orchestra.sandbox import (
+    EachCall,
+    FragmentCall,
+    InProcessSandbox,
+    Sandbox,
+    SandboxLimits,
+    WorkerSandbox,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -46,6 +54,18 @@ class Spy(InProcessSandbox):
     ) -> list[JSON]:
         self.trips.append((tuple(f.name for f in fragments), tuple(sorted(bindings))))
         return await super().evaluate_all(fragments, bindings, timeout=timeout)
+
+    async def evaluate_each(
+        self,
+        fragments: Sequence[FragmentCall],
+        bindings: Mapping[str, JSON],
+        each: EachCall | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> tuple[list[JSON], list[list[JSON]] | None]:
+        names = [f.name for f in fragments] + [f.name for f in (each.fragments if each else ())]
+        self.trips.append((tuple(names), tuple(sorted(bindings))))
+        return await super().evaluate_each(fragments, bindings, each, timeout=timeout)
 
     def names(self) -> list[tuple[str, ...]]:
         return [names for names, _ in self.trips]
@@ -213,8 +233,7 @@ async def test_only_the_bindings_a_fragment_uses_are_sent() -> None:
     result = await invoke(eng, p1, p2, p3, request=TRIGGER)
     assert spy.trips == [
         (("a.input", "a.query"), ("trigger",)),
-        (("a.output",), ("response",)),
-        (("b.query",), ("out",)),
+        (("a.output", "b.query"), ("out", "response")),  # b waits only for a: one trip
         (("b.output",), ("ctx", "status", "trigger")),  # ctx.trigger: words count
         (("c.output",), ("ctx", "input", "out", "response", "status", "trigger")),
     ]
@@ -280,9 +299,8 @@ async def test_fallback_still_catches_batch_errors() -> None:
 # -- for_each ---------------------------------------------------------------------------------
 
 
-async def test_for_each_items_build_their_request_in_one_round_trip_each() -> None:
-    eng, spy, api = engine()
-    p = o.Processor(
+def for_each_processor() -> o.Processor:
+    return o.Processor(
         name="p",
         when="true",
         for_each="trigger.items",
@@ -291,17 +309,196 @@ async def test_for_each_items_build_their_request_in_one_round_trip_each() -> No
         call=o.HttpCall(url="http://api/p/{sku}", path="({sku: input.sku})", query="({i: index})"),
         output="({sku: input.sku, q: response.q})",
     )
-    result = await invoke(eng, p, request={"items": ["x", "y", "z"]})
-    assert spy.trips[0] == (("p.when", "p.for_each"), ("trigger",))
-    pre = [t for t in spy.trips if t[0] == ("p.input", "p.path", "p.query")]
-    assert pre == [(("p.input", "p.path", "p.query"), ("index", "item"))] * 3
-    assert spy.names().count(("p.output",)) == 3
-    assert outputs(result)["p"] == [
-        {"sku": "x", "q": {"i": "0"}},
-        {"sku": "y", "q": {"i": "1"}},
-        {"sku": "z", "q": {"i": "2"}},
-    ]
+
+
+FOR_EACH_OUTPUT = [
+    {"sku": "x", "q": {"i": "0"}},
+    {"sku": "y", "q": {"i": "1"}},
+    {"sku": "z", "q": {"i": "2"}},
+]
+
+
+async def test_for_each_and_the_items_requests_go_in_one_round_trip() -> None:
+    eng, spy, api = engine()
+    result = await invoke(eng, for_each_processor(), request={"items": ["x", "y", "z"]})
+    assert spy.trips[0] == (
+        ("p.when", "p.for_each", "p.input", "p.path", "p.query"),
+        ("trigger",),
+    )
+    assert spy.names()[1:] == [("p.output",)] * 3
+    assert outputs(result)["p"] == FOR_EACH_OUTPUT
     assert len(api.requests) == 3
+
+
+class PlainSpy(Sandbox):
+    """A third-party sandbox: only ``evaluate`` and ``check``; records ``evaluate_all`` calls."""
+
+    def __init__(self) -> None:
+        self.inner = InProcessSandbox()
+        self.trips: list[tuple[str, ...]] = []
+
+    async def evaluate(
+        self,
+        source: str,
+        bindings: Mapping[str, JSON],
+        *,
+        name: str = "fragment",
+        timeout: float | None = None,
+    ) -> JSON:
+        return await self.inner.evaluate(source, bindings, name=name, timeout=timeout)
+
+    async def evaluate_all(
+        self,
+        fragments: Sequence[FragmentCall],
+        bindings: Mapping[str, JSON],
+        *,
+        timeout: float | None = None,
+    ) -> list[JSON]:
+        self.trips.append(tuple(f.name for f in fragments))
+        return await super().evaluate_all(fragments, bindings, timeout=timeout)
+
+    async def check(self, source: str, *, name: str = "fragment") -> None:
+        await self.inner.check(source, name=name)
+
+
+async def test_without_evaluate_each_items_build_their_request_one_by_one() -> None:
+    plain = PlainSpy()
+    eng, _, api = engine(plain)
+    result = await invoke(eng, for_each_processor(), request={"items": ["x", "y", "z"]})
+    assert plain.trips[0] == ("p.when", "p.for_each")
+    assert plain.trips[1:].count(("p.input", "p.path", "p.query")) == 3
+    assert outputs(result)["p"] == FOR_EACH_OUTPUT
+    assert len(api.requests) == 3
+
+
+async def test_without_evaluate_each_outputs_are_not_chained() -> None:
+    plain = PlainSpy()
+    eng, _, _ = engine(plain)
+    a = o.Processor(name="a", call=o.HttpCall(url="http://api/a"), output="response.path")
+    b = o.Processor(
+        name="b", needs=("a",), call=o.HttpCall(url="http://api/b", query="({a: out.a})")
+    )
+    result = await invoke(eng, a, b)
+    assert plain.trips == [("b.query",)]  # a.output went through evaluate
+    assert outputs(result)["b"]["q"] == {"a": "/a"}
+
+
+async def test_an_output_runs_with_the_first_trip_of_what_waits_only_for_it() -> None:
+    eng, spy, api = engine()
+    a = o.Processor(name="a", call=o.HttpCall(url="http://api/a"), output="response.path")
+    b = o.Processor(
+        name="b",
+        needs=("a",),
+        when="out.a.length > 0",
+        for_each="[out.a, out.a + '/2']",
+        call=o.HttpCall(url="http://api/b", query="({v: item, i: index})"),
+        output="response.q",
+    )
+    result = await invoke(eng, a, b)
+    assert spy.names()[0] == ("a.output", "b.when", "b.for_each", "b.query")
+    assert spy.names()[1:] == [("b.output",)] * 2
+    assert outputs(result) == {"a": "/a", "b": [{"v": "/a", "i": "0"}, {"v": "/a/2", "i": "1"}]}
+    assert [t.processor for t in result.trace] == ["a", "b"]
+
+
+class SlowSpy(Spy):
+    """A spy whose round trips take a while, as a worker's do (outputs are then under way)."""
+
+    async def evaluate(
+        self,
+        source: str,
+        bindings: Mapping[str, JSON],
+        *,
+        name: str = "fragment",
+        timeout: float | None = None,
+    ) -> JSON:
+        await anyio.sleep(0.02)
+        return await super().evaluate(source, bindings, name=name, timeout=timeout)
+
+
+async def test_an_output_waits_for_one_under_way_to_go_with_their_dependent() -> None:
+    spy = SlowSpy()
+    eng, _, api = engine(spy)
+    a = o.Processor(name="a", call=o.HttpCall(url="http://api/a"), output="response.path")
+    c = o.Processor(name="c", call=o.HttpCall(url="http://api/c"), output="response.path")
+    b = o.Processor(
+        name="b",
+        needs=("a", "c"),
+        call=o.HttpCall(url="http://api/b", query="({v: out.a + out.c})"),
+    )
+    result = await invoke(eng, a, c, b)
+    first, second = spy.names()
+    assert len(first) == 1
+    assert second == ({"a.output": "c.output", "c.output": "a.output"}[first[0]], "b.query")
+    assert outputs(result)["b"]["q"] == {"v": "/a/c"}
+    assert [r.url.path for r in api.requests][-1] == "/b"
+
+
+async def test_a_failing_chained_fragment_is_the_dependents_error() -> None:
+    eng, spy, _ = engine()
+    a = o.Processor(name="a", call=o.HttpCall(url="http://api/a"), output="response.path")
+    b = o.Processor(name="b", needs=("a",), call=o.HttpCall(url="http://api/b", query="nope"))
+    with pytest.raises(o.ScriptError, match="nope is not defined") as info:
+        await invoke(eng, a, b)
+    err = info.value
+    assert (err.fragment, err.processor, err.step) == ("b.query", "b", "main")
+    assert spy.names() == [("a.output", "b.query"), ("a.output",), ("b.query",)]
+
+
+async def test_a_failing_chained_output_is_its_own_processors_error() -> None:
+    eng, _, _ = engine()
+    a = o.Processor(
+        name="a",
+        call=o.HttpCall(url="http://api/a"),
+        output="nope",
+        on_error="fallback",
+        fallback="fb",
+    )
+    b = o.Processor(
+        name="b", needs=("a",), call=o.HttpCall(url="http://api/b", query="({a: out.a})")
+    )
+    result = await invoke(eng, a, b)
+    assert outputs(result)["a"] == "fb"
+    assert outputs(result)["b"]["q"] == {"a": "fb"}
+    assert result.trace[0].status == "fallback"
+
+
+async def test_a_false_when_in_a_chained_trip_skips_the_dependent() -> None:
+    eng, spy, api = engine()
+    a = o.Processor(name="a", call=o.HttpCall(url="http://api/a"), output="response.path")
+    b = o.Processor(
+        name="b", needs=("a",), when="out.a === '/z'", call=o.HttpCall(url="http://api/b")
+    )
+    result = await invoke(eng, a, b)
+    assert [t.status for t in result.trace] == ["ok", "skipped"]
+    assert [r.url.path for r in api.requests] == ["/a"]
+    assert spy.names() == [("a.output", "b.when")]
+
+
+async def test_what_uses_more_than_trigger_and_out_is_not_chained() -> None:
+    eng, spy, _ = engine()
+    a = o.Processor(name="a", call=o.HttpCall(url="http://api/a"), output="response.path")
+    uses_ctx = o.Processor(
+        name="b", needs=("a",), call=o.HttpCall(url="http://api/b", query="({a: ctx.steps.main.a})")
+    )
+    result = await invoke(eng, a, uses_ctx)
+    assert spy.names() == [("a.output",), ("b.query",)]
+    assert outputs(result)["b"]["q"] == {"a": "/a"}
+
+
+async def test_items_beyond_the_limit_build_their_request_on_their_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_batching, "_EACH_LIMIT", 2)
+    eng, spy, api = engine()
+    p = o.Processor(
+        name="p", for_each="[1, 2, 3, 4]", call=o.HttpCall(url="http://api/x", query="({v: item})")
+    )
+    result = await invoke(eng, p)
+    assert spy.names()[0] == ("p.for_each", "p.query")
+    assert sorted(spy.names()[1:]) == [("p.query",)] * 2
+    assert [r["q"]["v"] for r in outputs(result)["p"]] == ["1", "2", "3", "4"]
+    assert len(api.requests) == 4
 
 
 async def test_for_each_must_return_an_array() -> None:
@@ -323,7 +520,7 @@ async def test_for_each_without_input_binds_the_item_as_input() -> None:
     result = await invoke(eng, p)
     assert outputs(result)["p"] == [1, 2]
     assert sorted(r.url.params["v"] for r in api.requests) == ["1", "2"]
-    assert (("p.query",), ("input",)) in spy.trips
+    assert spy.trips[0] == (("p.for_each", "p.query"), ())  # input: the item, bound per item
 
 
 # -- idempotency keys -------------------------------------------------------------------------

@@ -463,7 +463,16 @@ class TestFunctionsAndActions:
         seen: list[Any] = []
 
         async def mail(call: o.ActionCall, input: Any, context: o.ActionContext) -> Any:
-            seen.append((call.params, input, context.process, context.step, context.processor))
+            seen.append(
+                (
+                    call.params,
+                    input,
+                    context.process,
+                    context.step,
+                    context.processor,
+                    context.run_id,
+                )
+            )
             return {"sent": True}
 
         rig = Rig(actions={"mail": mail})
@@ -473,7 +482,34 @@ class TestFunctionsAndActions:
             )
         )
         assert result.payload == {"m": {"sent": True}}
-        assert seen == [({"to": "x@y"}, {"n": 1}, "proc", "main", "m")]
+        assert seen == [({"to": "x@y"}, {"n": 1}, "proc", "main", "m", "local")]
+
+    async def test_custom_action_gets_the_run_id(self) -> None:
+        """In a business run, the context carries the run's id."""
+        seen: list[str] = []
+
+        async def note(call: o.ActionCall, input: Any, context: o.ActionContext) -> Any:
+            seen.append(context.run_id)
+            return None
+
+        process = o.Process(
+            name="noted",
+            trigger=o.Event(name="go"),
+            steps=(
+                o.ProcessStep(
+                    name="main",
+                    processors=(o.Processor(name="n", call=o.ActionCall(kind="note")),),
+                ),
+            ),
+        )
+        eng = o.Engine(
+            sandbox=InProcessSandbox(), executor=InMemoryExecutor(), actions={"note": note}
+        )
+        async with eng as engine:
+            await engine.deploy(process)
+            run_id = await engine.start("noted")
+        assert seen == [run_id]
+        assert run_id != "local"
 
     async def test_custom_action_error(self) -> None:
         """An action that raises becomes an ActionError; a fallback catches it."""

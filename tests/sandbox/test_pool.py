@@ -14,7 +14,7 @@ import attrs
 import pytest
 
 from orchestra.errors import SandboxError, ScriptError, StepTimeoutError
-from orchestra.sandbox import FragmentCall, SandboxLimits, WorkerSandbox, _pool, _process
+from orchestra.sandbox import EachCall, FragmentCall, SandboxLimits, WorkerSandbox, _pool, _process
 
 pytestmark = pytest.mark.anyio
 
@@ -322,6 +322,20 @@ async def test_batch_deadline_is_per_batch() -> None:
         assert await sandbox.evaluate_all(frags, {"ms": 50, "tag": 1}, timeout=1) == [1, 1, 1]
         with pytest.raises(StepTimeoutError, match="batch of fragments 'f0', 'f1', 'f2'"):
             await sandbox.evaluate_all(frags, {"ms": 150, "tag": 1}, timeout=0.3)
+
+
+async def test_each_deadline_covers_the_whole_call_and_kills_a_hung_worker() -> None:
+    async with WorkerSandbox(1, limits=SandboxLimits(timeout=5, spares=0)) as sandbox:
+        await sandbox.evaluate("1", {})
+        (pid,) = sandbox.worker_pids
+        each = EachCall(over=0, fragments=(FragmentCall("p.query", "while (item) {}"),))
+        with pytest.raises(StepTimeoutError, match="'p.for_each', 'p.query'.*deadline of 0.2 s"):
+            await sandbox.evaluate_each(
+                [FragmentCall("p.for_each", "[0, 1]")], {}, each, timeout=0.2
+            )
+        assert not alive(pid)
+        assert await sandbox.evaluate_each([FragmentCall("x", "[2]")], {}, attrs.evolve(
+            each, fragments=(FragmentCall("y", "item * 2"),))) == ([[2]], [[4]])  # fmt: skip
 
 
 async def test_one_call_per_worker_mode() -> None:

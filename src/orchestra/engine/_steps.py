@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import re
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 import anyio
@@ -14,6 +13,18 @@ import attrs
 import httpx
 
 from orchestra._json import JSON
+from orchestra.engine._batching import (
+    BINDINGS,
+    ITEM,
+    Chain,
+    Flow,
+    Plan,
+    each_of,
+    pick,
+    plan_of,
+    union,
+    uses,
+)
 from orchestra.engine._trace import ProcessorTrace, Status
 from orchestra.errors import (
     ActionError,
@@ -26,7 +37,7 @@ from orchestra.errors import (
 from orchestra.executors import Executor
 from orchestra.http import RequestParts, TokenCache, perform
 from orchestra.model import ActionCall, FunctionCall, HttpCall, Processor, ProcessStep
-from orchestra.sandbox import FragmentCall, Sandbox
+from orchestra.sandbox import EachCall, FragmentCall, Sandbox
 
 __all__ = ["Action", "ActionContext", "Checkpoint", "StepRunner", "truthy", "uses"]
 
@@ -36,7 +47,10 @@ Checkpoint = Callable[[ProcessorTrace, JSON], Awaitable[None]]
 
 @attrs.frozen(kw_only=True)
 class ActionContext:
-    """What a host-provided :class:`Action` gets besides its parameters and input."""
+    """What a host-provided :class:`Action` gets besides its parameters and input.
+
+    ``run_id`` is the id of the run (``"local"`` for :meth:`~orchestra.Engine.invoke`).
+    """
 
     process: str
     step: str
@@ -44,6 +58,7 @@ class ActionContext:
     client: httpx.AsyncClient
     executor: Executor
     secrets: Mapping[str, str]
+    run_id: str = "local"
 
 
 class Action(Protocol):
@@ -59,55 +74,6 @@ def truthy(value: JSON) -> bool:
     if isinstance(value, (list, dict)):
         return True
     return bool(value)
-
-
-# Every name the engine binds, in the order bindings are passed.
-_BINDINGS = ("ctx", "trigger", "out", "input", "item", "index", "response", "status")
-_BINDING_SET = frozenset(_BINDINGS)
-_IDENTIFIER = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")
-_USES: dict[str, tuple[str, ...] | None] = {}
-_CACHE_SIZE = 4096
-
-
-def uses(source: str) -> tuple[str, ...] | None:
-    r"""Return the binding names ``source`` may use, or ``None`` if it may use any.
-
-    A cheap, conservative scan (cached per source): every identifier-like word counts,
-    in strings and comments too, so a binding is never withheld from a fragment that
-    names it. ``arguments``, ``eval`` or a ``\u`` escape (identifiers can be spelt
-    with escapes) make it give up and answer ``None``.
-    """
-    found = _USES.get(source, False)
-    if found is not False:
-        return found  # type: ignore[return-value]
-    words = set(_IDENTIFIER.findall(source))
-    result: tuple[str, ...] | None = None
-    if "\\u" not in source and "arguments" not in words and "eval" not in words:
-        result = tuple(n for n in _BINDINGS if n in words)
-    if len(_USES) >= _CACHE_SIZE:
-        _USES.clear()
-    _USES[source] = result
-    return result
-
-
-def _union(fragments: Sequence[FragmentCall]) -> tuple[str, ...] | None:
-    names: set[str] = set()
-    for f in fragments:
-        used = uses(f.source)
-        if used is None:
-            return None
-        names.update(used)
-    return tuple(n for n in _BINDINGS if n in names)
-
-
-def _pick(bindings: Mapping[str, JSON], names: tuple[str, ...] | None) -> dict[str, JSON]:
-    """The bindings among ``names`` (all of them for ``None``)."""
-    if names is None:
-        return dict(bindings)
-    return {n: bindings[n] for n in names if n in bindings}
-
-
-_FIELDS = ("path", "headers", "query", "body")
 
 
 def _native() -> bool:
@@ -165,72 +131,6 @@ def _limiter(n: int, native: bool) -> asyncio.Semaphore | anyio.CapacityLimiter:
     return asyncio.Semaphore(n) if native else anyio.CapacityLimiter(n)
 
 
-@attrs.frozen
-class _Plan:
-    """How one processor's fragments are batched; computed once per processor."""
-
-    head: tuple[FragmentCall, ...]
-    """``when`` (a guard) and ``for_each``; for other processors also ``pre``."""
-    head_names: tuple[str, ...] | None
-    pre: tuple[FragmentCall, ...]
-    """``input`` (bound as ``input``) and the fragments that build the HTTP request.
-
-    Empty when they run with ``head`` (a processor without ``for_each``), except when a
-    ``when`` that names ``input`` must not see the ``input`` binding they need.
-    """
-    pre_names: tuple[str, ...] | None
-    input_binding: bool
-    """Whether ``pre`` needs ``input`` bound to the item (there is no input fragment)."""
-    fields: tuple[str, ...]
-    """The request part each fragment of ``pre`` after ``input`` builds."""
-    output: tuple[FragmentCall, ...]
-    """The ``output`` fragment (run with ``evaluate``), or nothing."""
-
-
-_PLANS: dict[int, tuple[Processor, _Plan]] = {}
-
-
-def _plan(p: Processor) -> _Plan:
-    cached = _PLANS.get(id(p))
-    if cached is not None and cached[0] is p:
-        return cached[1]
-    pre: list[FragmentCall] = []
-    if p.input is not None:
-        pre.append(FragmentCall(f"{p.name}.input", p.input, bind="input"))
-    fields: list[str] = []
-    if isinstance(p.call, HttpCall):
-        for field in _FIELDS:
-            src = getattr(p.call, field)
-            if src is not None:
-                pre.append(FragmentCall(f"{p.name}.{field}", src))
-                fields.append(field)
-    # Without an input fragment, the request fragments see ``input`` as the item (or null).
-    pre_names = _union(pre)
-    input_binding = p.input is None and (pre_names is None or "input" in pre_names)
-    head: list[FragmentCall] = []
-    if p.when is not None:
-        head.append(FragmentCall(f"{p.name}.when", p.when, guard=True))
-    if p.for_each is not None:
-        head.append(FragmentCall(f"{p.name}.for_each", p.for_each))
-    elif not (input_binding and p.when is not None and "input" in (uses(p.when) or ("input",))):
-        head.extend(pre)  # when and the request in one round trip
-        pre = []
-    output = (FragmentCall(f"{p.name}.output", p.output),) if p.output is not None else ()
-    plan = _Plan(
-        head=tuple(head),
-        head_names=_union(head),
-        pre=tuple(pre),
-        pre_names=_union(pre),
-        input_binding=input_binding,
-        fields=tuple(fields),
-        output=output,
-    )
-    if len(_PLANS) >= _CACHE_SIZE:
-        _PLANS.clear()
-    _PLANS[id(p)] = (p, plan)
-    return plan
-
-
 @attrs.define
 class _Outcome:
     output: JSON = None
@@ -268,7 +168,7 @@ class StepRunner:
 
         Only the bindings the fragment uses (see :func:`uses`) are sent to the sandbox.
         """
-        picked = _pick(bindings, uses(source))
+        picked = pick(bindings, uses(source))
         try:
             return await self.sandbox.evaluate(source, picked, name=name, timeout=timeout)
         except StepError as exc:
@@ -285,7 +185,7 @@ class StepRunner:
         timeout: float | None = None,
     ) -> list[JSON]:
         """Evaluate a batch in one sandbox call, sending only the bindings in ``names``."""
-        picked = _pick(bindings, names)
+        picked = pick(bindings, names)
         try:
             return await self.sandbox.evaluate_all(fragments, picked, timeout=timeout)
         except StepError as exc:
@@ -315,10 +215,20 @@ class StepRunner:
         outputs: dict[str, JSON] = dict(done or {})
         steps[step.name] = outputs
         native = self._native = _native()
+        todo = [p for p in step.processors if p.name not in outputs]
+        if len(todo) == 1 and all(n in outputs for n in todo[0].needs):  # no group, no events
+            return [await self._one(step, todo[0], outputs, checkpoint, None)]
         event = asyncio.Event if native else anyio.Event
         finished = {p.name: event() for p in step.processors}
         for name in outputs:
             finished[name].set()
+        flow: Flow | None = None
+        if checkpoint is None and self._chains():
+            dependents: dict[str, list[Processor]] = {}
+            for p in todo:
+                for need in p.needs:
+                    dependents.setdefault(need, []).append(p)
+            flow = Flow(outputs, dependents, finished)
         traces: list[ProcessorTrace] = []
         failure: list[Exception] = []
         group = _Group(native)
@@ -327,39 +237,68 @@ class StepRunner:
             for need in p.needs:
                 await finished[need].wait()
             try:
-                trace, output = await self._processor(step, p)
-            except StepError as exc:
-                failure.append(exc.located(process=self.process, step=step.name, processor=p.name))
-                group.cancel()
-                return
+                traces.append(await self._one(step, p, outputs, checkpoint, flow))
             except Exception as exc:  # re-raised below, outside the task group
                 failure.append(exc)
                 group.cancel()
                 return
-            outputs[p.name] = output
-            traces.append(trace)
-            if checkpoint is not None:
-                await checkpoint(trace, output)
             finished[p.name].set()
 
-        await group.run([one(p) for p in step.processors if p.name not in outputs])
+        await group.run([one(p) for p in todo])
         if failure:
             raise failure[0]
         return traces
 
-    async def _processor(self, step: ProcessStep, p: Processor) -> tuple[ProcessorTrace, JSON]:
+    def _chains(self) -> bool:
+        """Whether the sandbox runs :meth:`~Sandbox.evaluate_each` in one round trip."""
+        native = getattr(type(self.sandbox), "evaluate_each", Sandbox.evaluate_each)
+        return native is not Sandbox.evaluate_each
+
+    async def _one(
+        self,
+        step: ProcessStep,
+        p: Processor,
+        outputs: dict[str, JSON],
+        checkpoint: Checkpoint | None,
+        flow: Flow | None,
+    ) -> ProcessorTrace:
+        """Run ``p``, record its output and checkpoint it."""
+        try:
+            trace, output = await self._processor(step, p, flow)
+        except StepError as exc:
+            exc.located(process=self.process, step=step.name, processor=p.name)
+            raise
+        outputs[p.name] = output
+        if checkpoint is not None:
+            await checkpoint(trace, output)
+        return trace
+
+    async def _processor(
+        self, step: ProcessStep, p: Processor, flow: Flow | None = None
+    ) -> tuple[ProcessorTrace, JSON]:
         started = self.executor.now()
         b = self.bindings(step.name)
-        plan = _plan(p)
+        plan = plan_of(p)
         outcome = _Outcome()
         status: Status = "ok"
         error: str | None = None
         items: int | None = None
         try:
             results: list[JSON] = []
+            per: list[list[JSON]] | None = None
             if plan.input_binding and p.for_each is None and not plan.pre:
                 b["input"] = None  # for the request fragments, in the same batch as when
-            if plan.head:
+            ready = flow.prefetched.pop(p.name, None) if flow is not None else None
+            if ready is not None:  # run with the output of what it waited for
+                results, per = ready
+            elif p.for_each is not None and plan.pre and self._chains():
+                each = each_of(p, plan)
+                names = union(plan.head + plan.pre)
+                results, per = await self.js_each(
+                    plan.head, names, b, each, step=step.name, processor=p.name,
+                    timeout=p.script_timeout,
+                )  # fmt: skip
+            elif plan.head:
                 results = await self.js_all(
                     plan.head,
                     plan.head_names,
@@ -371,7 +310,7 @@ class StepRunner:
             if p.when is not None and not truthy(results[0]):
                 status = "skipped"
             elif p.for_each is not None:
-                outcome, items = await self._for_each(step, p, plan, b, results[-1])
+                outcome, items = await self._for_each(step, p, plan, b, results[-1], ready=per)
             else:
                 pre = results[1 if p.when else 0 :]
                 if plan.pre:
@@ -384,7 +323,7 @@ class StepRunner:
                         processor=p.name,
                         timeout=p.script_timeout,
                     )
-                outcome = await self._item(step, p, plan, b, pre)
+                outcome = await self._item(step, p, plan, b, pre, flow=flow)
         except StepError as exc:
             exc.located(process=self.process, step=step.name, processor=p.name)
             if p.on_error != "fallback":
@@ -405,8 +344,35 @@ class StepRunner:
         )
         return trace, outcome.output
 
+    async def js_each(
+        self,
+        fragments: tuple[FragmentCall, ...],
+        names: tuple[str, ...] | None,
+        bindings: Mapping[str, JSON],
+        each: EachCall | None,
+        *,
+        step: str,
+        processor: str | None = None,
+        timeout: float | None = None,
+    ) -> tuple[list[JSON], list[list[JSON]] | None]:
+        """Evaluate a batch and its ``each`` part in one sandbox call (see ``evaluate_each``)."""
+        if names is not None:
+            names = tuple(n for n in names if n not in ITEM)
+        picked = pick(bindings, names)
+        try:
+            return await self.sandbox.evaluate_each(fragments, picked, each, timeout=timeout)
+        except StepError as exc:
+            raise exc.located(process=self.process, step=step, processor=processor) from None
+
     async def _for_each(
-        self, step: ProcessStep, p: Processor, plan: _Plan, b: dict[str, JSON], items: JSON
+        self,
+        step: ProcessStep,
+        p: Processor,
+        plan: Plan,
+        b: dict[str, JSON],
+        items: JSON,
+        *,
+        ready: list[list[JSON]] | None = None,
     ) -> tuple[_Outcome, int]:
         if not isinstance(items, list):
             msg = f"for_each must return an array, got {_kind(items)}"
@@ -416,6 +382,7 @@ class StepRunner:
         limiter = _limiter(p.concurrency, self._native)
         failure: list[Exception] = []
         group = _Group(self._native)
+        ready = ready or []
 
         async def run(i: int, item: JSON) -> None:
             async with limiter:
@@ -426,7 +393,9 @@ class StepRunner:
                     if plan.input_binding:
                         ib["input"] = item
                     pre: list[JSON] = []
-                    if plan.pre:
+                    if i < len(ready):  # built with for_each
+                        pre = ready[i]
+                    elif plan.pre:
                         pre = await self.js_all(
                             plan.pre,
                             plan.pre_names,
@@ -451,11 +420,19 @@ class StepRunner:
         return total, len(items)
 
     async def _item(
-        self, step: ProcessStep, p: Processor, plan: _Plan, b: dict[str, JSON], pre: list[JSON]
+        self,
+        step: ProcessStep,
+        p: Processor,
+        plan: Plan,
+        b: dict[str, JSON],
+        pre: list[JSON],
+        *,
+        flow: Flow | None = None,
     ) -> _Outcome:
         """Run the action and ``output`` of one item; ``pre`` holds the results of ``plan.pre``.
 
-        ``b`` may be changed (it is this item's own).
+        ``b`` may be changed (it is this item's own). With ``flow``, the output may run
+        with the first round trip of a processor that waits only for this one.
         """
         if p.input is not None:
             b["input"] = pre[0]
@@ -467,19 +444,63 @@ class StepRunner:
         if plan.output:
             b["response"] = outcome.output
             b["status"] = outcome.http_status
-            # One fragment: ``evaluate`` (what a Sandbox must implement).
             (out,) = plan.output
+            nxt = flow.next_of(p) if flow is not None else None
+            if nxt is not None and flow is not None:
+                d, chain, waits = nxt
+                for name in waits:  # outputs under way: this one goes with d right after
+                    await flow.finished[name].wait()
+                if flow.ready(p, d):
+                    flow.sending.add(p.name)
+                    chained = await self._chained(step, p, out, b, chain=chain)
+                    if chained is not None:
+                        outcome.output, flow.prefetched[d.name] = chained
+                        return outcome
+            if flow is not None:
+                flow.sending.add(p.name)
+            # One fragment: ``evaluate`` (what a Sandbox must implement).
             outcome.output = await self.js(
                 out.source, b, name=out.name, step=step.name, processor=p.name,
                 timeout=p.script_timeout,
             )  # fmt: skip
         return outcome
 
+    async def _chained(
+        self,
+        step: ProcessStep,
+        p: Processor,
+        out: FragmentCall,
+        b: dict[str, JSON],
+        *,
+        chain: Chain,
+    ) -> tuple[JSON, tuple[list[JSON], list[list[JSON]] | None]] | None:
+        """Run ``p``'s output and, per ``chain``, a dependent's first round trip together.
+
+        Returns the output and the dependent's results, or ``None`` when a fragment of the
+        dependent failed (``p``'s output then runs alone, and the dependent meets its error
+        on its own).
+        """
+        fragments = (FragmentCall(out.name, out.source, bind=f"out.{p.name}"), *chain.head)
+        own = uses(out.source)
+        names = tuple(n for n in BINDINGS if n in chain.names or own is None or n in own)
+        try:
+            results, per = await self.js_each(
+                fragments, names, b, chain.each, step=step.name, processor=p.name,
+                timeout=p.script_timeout,
+            )  # fmt: skip
+        except ScriptError as exc:
+            if exc.fragment == out.name:
+                raise
+            return None
+        except StepError:
+            return None
+        return results[0], (results[1:], per)
+
     async def _action(
         self,
         step: ProcessStep,
         p: Processor,
-        plan: _Plan,
+        plan: Plan,
         b: dict[str, JSON],
         parts: list[JSON],
     ) -> _Outcome:
@@ -494,12 +515,17 @@ class StepRunner:
                 tokens=self.tokens,
             )
             return _Outcome(result.body, result.attempts, result.status)
+        work = (
+            self._function(call, b["input"])
+            if isinstance(call, FunctionCall)
+            else self._custom(step, p, call, b["input"])
+        )
         try:
-            async with self.executor.fail_after(call.timeout):
-                if isinstance(call, FunctionCall):
-                    output = await self._function(call, b["input"])
-                else:
-                    output = await self._custom(step, p, call, b["input"])
+            if call.timeout is None:  # no deadline: no scope to enter
+                output = await work
+            else:
+                async with self.executor.fail_after(call.timeout):
+                    output = await work
         except StepError:
             raise
         except TimeoutError as exc:
@@ -508,7 +534,7 @@ class StepRunner:
         return _Outcome(_as_json(output, _label(call)), 1)
 
     def _parts(
-        self, step: ProcessStep, p: Processor, plan: _Plan, b: dict[str, JSON], parts: list[JSON]
+        self, step: ProcessStep, p: Processor, plan: Plan, b: dict[str, JSON], parts: list[JSON]
     ) -> RequestParts:
         call = p.call
         assert isinstance(call, HttpCall)
@@ -562,6 +588,7 @@ class StepRunner:
             client=self.client,
             executor=self.executor,
             secrets=self.secrets,
+            run_id=self.run_id,
         )
         try:
             return await action(call, value, ctx)

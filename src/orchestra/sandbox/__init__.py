@@ -5,9 +5,16 @@
 Importing this package does not import PythonMonkey.
 """
 
-from orchestra.sandbox._base import FragmentCall, Sandbox
+from orchestra.sandbox._base import EachCall, FragmentCall, Sandbox
 from orchestra.sandbox._inprocess import InProcessSandbox
 from orchestra.sandbox._limits import SandboxLimits
 from orchestra.sandbox._pool import WorkerSandbox
 
-__all__ = ["FragmentCall", "InProcessSandbox", "Sandbox", "SandboxLimits", "WorkerSandbox"]
+__all__ = [
+    "EachCall",
+    "FragmentCall",
+    "InProcessSandbox",
+    "Sandbox",
+    "SandboxLimits",
+    "WorkerSandbox",
+]

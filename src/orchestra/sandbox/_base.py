@@ -13,7 +13,7 @@ import attrs
 from orchestra._json import JSON
 from orchestra.errors import ScriptError
 
-__all__ = ["FragmentCall", "Sandbox"]
+__all__ = ["EachCall", "FragmentCall", "Sandbox"]
 
 
 @attrs.frozen(cache_hash=True)
@@ -37,7 +37,47 @@ class FragmentCall:
     guard: bool = False
 
 
+@attrs.frozen(cache_hash=True)
+class EachCall:
+    """Fragments that :meth:`Sandbox.evaluate_each` runs once per element of a list.
+
+    Attributes:
+        over: index, in the batch, of the fragment whose result is the list.
+        fragments: the batch run for each element (binds and guards as in
+            :meth:`Sandbox.evaluate_all`), with ``item`` bound to the element and
+            ``index`` to its position.
+        limit: only the first ``limit`` elements are run.
+        bind_input: also bind the element as ``input``.
+
+    """
+
+    over: int
+    fragments: tuple[FragmentCall, ...]
+    limit: int = 64
+    bind_input: bool = False
+
+
 _IDENTIFIER = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*\Z")
+_DOTTED = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*(?:\.[A-Za-z_$][A-Za-z0-9_$]*)?\Z")
+
+
+def bind_into(scope: dict[str, JSON], bind: str, value: JSON) -> None:
+    """Bind ``value`` in ``scope`` as ``name``, or as property ``key`` for ``name.key``."""
+    name, dot, key = bind.partition(".")
+    if not dot:
+        scope[name] = value
+        return
+    base = scope.get(name)
+    scope[name] = {**base, key: value} if isinstance(base, dict) else {key: value}
+
+
+def check_binds(fragments: Sequence[FragmentCall], *, dotted: bool = False) -> None:
+    """Raise :class:`~orchestra.ScriptError` for a bind name that is not allowed."""
+    pattern = _DOTTED if dotted else _IDENTIFIER
+    for f in fragments:
+        if f.bind is not None and not pattern.match(f.bind):
+            msg = f"bind name {f.bind!r} is not a JavaScript identifier"
+            raise ScriptError(msg, fragment=f.name)
 
 
 def _falsy(value: JSON) -> bool:
@@ -93,20 +133,66 @@ class Sandbox(abc.ABC):
         fragment. Implementations override this to run a batch in one round trip; this
         default calls :meth:`evaluate` once per fragment (each with ``timeout``).
         """
-        for f in fragments:
-            if f.bind is not None and not _IDENTIFIER.match(f.bind):
-                msg = f"bind name {f.bind!r} is not a JavaScript identifier"
-                raise ScriptError(msg, fragment=f.name)
-        scope = dict(bindings)
+        check_binds(fragments)
+        results, _ = await self._run_scoped(fragments, dict(bindings), timeout)
+        return results
+
+    async def _run_scoped(
+        self, fragments: Sequence[FragmentCall], scope: dict[str, JSON], timeout: float | None
+    ) -> tuple[list[JSON], bool]:
+        """Run ``fragments`` one by one on ``scope`` (bound into); return results and if all ran."""
         results: list[JSON] = []
         for f in fragments:
             value = await self.evaluate(f.source, scope, name=f.name, timeout=timeout)
             results.append(value)
             if f.bind is not None:
-                scope[f.bind] = value
+                bind_into(scope, f.bind, value)
             if f.guard and _falsy(value):
-                break
-        return results
+                return results, False
+        return results, True
+
+    async def evaluate_each(
+        self,
+        fragments: Sequence[FragmentCall],
+        bindings: Mapping[str, JSON],
+        each: EachCall | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> tuple[list[JSON], list[list[JSON]] | None]:
+        """Run a batch, then ``each`` once per element of one of its results.
+
+        ``fragments`` run as with :meth:`evaluate_all`, except that a
+        :attr:`~FragmentCall.bind` may also be ``name.key``: the result then becomes
+        property ``key`` of (a copy of) the object bound to ``name`` (``{}`` if that
+        binding is absent or not an object). Then, if the batch ran to its end and the
+        result of fragment ``each.over`` is a list, ``each.fragments`` run as a batch for
+        each of its first ``each.limit`` elements, on the bindings as the batch left them
+        plus the element (see :class:`EachCall`). Returns the batch's results and, per
+        element, the results of ``each.fragments`` (``None`` when they did not run). The
+        first error stops everything and is raised naming the fragment.
+
+        Implementations override this to do it all in one round trip, and callers may
+        check for that (``type(sandbox).evaluate_each is not Sandbox.evaluate_each``);
+        this default calls :meth:`evaluate` once per fragment (each with ``timeout``).
+        """
+        check_binds(fragments, dotted=True)
+        if each is not None:
+            check_binds(each.fragments)
+        scope = dict(bindings)
+        results, complete = await self._run_scoped(fragments, scope, timeout)
+        if each is None or not complete or not 0 <= each.over < len(results):
+            return results, None
+        items = results[each.over]
+        if not isinstance(items, list):
+            return results, None
+        per: list[list[JSON]] = []
+        for i, item in enumerate(items[: each.limit]):
+            own = dict(scope)
+            own["item"], own["index"] = item, i
+            if each.bind_input:
+                own["input"] = item
+            per.append((await self._run_scoped(each.fragments, own, timeout))[0])
+        return results, per
 
     @abc.abstractmethod
     async def check(self, source: str, *, name: str = "fragment") -> None:

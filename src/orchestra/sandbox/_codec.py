@@ -14,14 +14,16 @@ from typing import Any
 
 from orchestra._json import JSON
 from orchestra.errors import SandboxError, ScriptError
-from orchestra.sandbox._base import FragmentCall
+from orchestra.sandbox._base import EachCall, FragmentCall, check_binds
 
 __all__ = [
     "MAX_SAFE_INTEGER",
     "batch_request",
     "check_request",
     "decode_batch",
+    "decode_each",
     "decode_reply",
+    "each_request",
     "run_request",
 ]
 
@@ -89,22 +91,43 @@ def _encode_bindings(bindings: Mapping[str, JSON], name: str) -> str:
     return '"n":["' + '","'.join(bindings) + '"]}\t' + text
 
 
-_FRAGMENTS: dict[tuple[FragmentCall, ...], str] = {}
+_FRAGMENTS: dict[object, str] = {}
 _FRAGMENTS_CACHE = 1024
+
+
+def _frags_json(fragments: tuple[FragmentCall, ...]) -> list[list[object]]:
+    return [[f.source, f.bind, 1 if f.guard else 0] for f in fragments]
 
 
 def _encode_fragments(fragments: tuple[FragmentCall, ...]) -> str:
     text = _FRAGMENTS.get(fragments)
     if text is None:
-        for f in fragments:
-            if f.bind is not None and not _IDENTIFIER.match(f.bind):
-                msg = f"bind name {f.bind!r} is not a JavaScript identifier"
-                raise ScriptError(msg, fragment=f.name)
-        text = _ENCODER.encode([[f.source, f.bind, 1 if f.guard else 0] for f in fragments])
-        if len(_FRAGMENTS) >= _FRAGMENTS_CACHE:
-            _FRAGMENTS.clear()
-        _FRAGMENTS[fragments] = text
+        check_binds(fragments)
+        text = _ENCODER.encode(_frags_json(fragments))
+        _remember(fragments, text)
     return text
+
+
+def _encode_each(fragments: tuple[FragmentCall, ...], each: EachCall | None) -> str:
+    """The head of a request with ``"name.key"`` binds and, with ``each``, its ``"m"`` part."""
+    key = ("each", fragments, each)
+    text = _FRAGMENTS.get(key)
+    if text is None:
+        check_binds(fragments, dotted=True)
+        text = _ENCODER.encode(_frags_json(fragments))
+        if each is not None:
+            check_binds(each.fragments)
+            m = {"o": each.over, "f": _frags_json(each.fragments), "x": max(0, each.limit),
+                 "i": 1 if each.bind_input else 0}  # fmt: skip
+            text += ',"m":' + _ENCODER.encode(m)
+        _remember(key, text)
+    return text
+
+
+def _remember(key: object, text: str) -> None:
+    if len(_FRAGMENTS) >= _FRAGMENTS_CACHE:
+        _FRAGMENTS.clear()
+    _FRAGMENTS[key] = text
 
 
 def batch_request(fragments: Sequence[FragmentCall], bindings: Mapping[str, JSON]) -> str:
@@ -117,6 +140,18 @@ def batch_request(fragments: Sequence[FragmentCall], bindings: Mapping[str, JSON
     """
     frags = fragments if isinstance(fragments, tuple) else tuple(fragments)
     head = _encode_fragments(frags)
+    return '{"f":' + head + "," + _encode_bindings(bindings, frags[0].name if frags else "x")
+
+
+def each_request(
+    fragments: Sequence[FragmentCall], bindings: Mapping[str, JSON], each: EachCall | None
+) -> str:
+    """Build the request text of :meth:`~orchestra.sandbox.Sandbox.evaluate_each`.
+
+    Raises :class:`~orchestra.ScriptError` as :func:`batch_request` does.
+    """
+    frags = fragments if isinstance(fragments, tuple) else tuple(fragments)
+    head = _encode_each(frags, each)
     return '{"f":' + head + "," + _encode_bindings(bindings, frags[0].name if frags else "x")
 
 
@@ -203,6 +238,32 @@ def decode_batch(text: str | bytes, fragments: Sequence[FragmentCall]) -> list[J
     if isinstance(index, int) and 0 <= index < len(fragments):
         name = fragments[index].name
     return _raise(reply, name)  # type: ignore[return-value]
+
+
+def decode_each(
+    text: str | bytes, fragments: Sequence[FragmentCall], each: EachCall | None
+) -> tuple[list[JSON], list[list[JSON]] | None]:
+    """Turn the reply to :func:`each_request` into its results, or raise the error it describes."""
+    names = list(fragments) + list(each.fragments if each is not None else ())
+    first = names[0].name if names else "fragment"
+    try:
+        reply = _parse(text, first)
+    except ScriptError:
+        if len(names) == 1:
+            raise
+        raise ScriptError("the result is nested too deeply for the host", fragment=first) from None
+    if "ok" not in reply:
+        index = reply.get("i")
+        name = first
+        if isinstance(index, int) and 0 <= index < len(names):
+            name = names[index].name
+        _raise(reply, name)
+    results, per = reply["ok"], reply.get("m")
+    if not isinstance(results, list) or len(results) > len(fragments):
+        raise SandboxError(f"fragment {first!r}: malformed reply from the sandbox")
+    if per is not None and not isinstance(per, list):
+        raise SandboxError(f"fragment {first!r}: malformed reply from the sandbox")
+    return results, per
 
 
 def _too_deep(text: str | bytes, fragments: Sequence[FragmentCall]) -> str:

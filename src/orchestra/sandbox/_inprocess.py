@@ -6,8 +6,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from orchestra._json import JSON
-from orchestra.sandbox._base import FragmentCall, Sandbox
-from orchestra.sandbox._codec import batch_request, check_request, decode_batch, decode_reply
+from orchestra.sandbox._base import EachCall, FragmentCall, Sandbox
+from orchestra.sandbox._codec import (
+    batch_request,
+    check_request,
+    decode_batch,
+    decode_each,
+    decode_reply,
+    each_request,
+)
 
 __all__ = ["InProcessSandbox"]
 
@@ -68,6 +75,22 @@ class InProcessSandbox(Sandbox):
         if not fragments:
             return []
         return decode_batch(self._js()(batch_request(fragments, bindings)), fragments)
+
+    async def evaluate_each(
+        self,
+        fragments: Sequence[FragmentCall],
+        bindings: Mapping[str, JSON],
+        each: EachCall | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> tuple[list[JSON], list[list[JSON]] | None]:
+        """Run a batch and its ``each`` part in one call; see :meth:`Sandbox.evaluate_each`.
+
+        ``timeout`` is ignored.
+        """
+        if not fragments:
+            return [], None
+        return decode_each(self._js()(each_request(fragments, bindings, each)), fragments, each)
 
     async def check(self, source: str, *, name: str = "fragment") -> None:
         """Compile ``source``; see :meth:`Sandbox.check`."""

@@ -22,8 +22,15 @@ import anyio
 
 from orchestra._json import JSON
 from orchestra.errors import SandboxError, StepTimeoutError
-from orchestra.sandbox._base import FragmentCall, Sandbox
-from orchestra.sandbox._codec import batch_request, check_request, decode_batch, decode_reply
+from orchestra.sandbox._base import EachCall, FragmentCall, Sandbox
+from orchestra.sandbox._codec import (
+    batch_request,
+    check_request,
+    decode_batch,
+    decode_each,
+    decode_reply,
+    each_request,
+)
 from orchestra.sandbox._limits import SandboxLimits
 from orchestra.sandbox._process import WorkerDied, WorkerProcess, max_reply_bytes
 
@@ -352,6 +359,30 @@ class WorkerSandbox(Sandbox):
         reply = await self._call(request, fragments, timeout)
         return decode_batch(reply, fragments)
 
+    async def evaluate_each(
+        self,
+        fragments: Sequence[FragmentCall],
+        bindings: Mapping[str, JSON],
+        each: EachCall | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> tuple[list[JSON], list[list[JSON]] | None]:
+        """Run a batch and its ``each`` part in one worker call; see :meth:`Sandbox.evaluate_each`.
+
+        ``timeout`` bounds the whole call, which counts as one towards
+        ``max_calls_per_worker``.
+        """
+        if not fragments:
+            return [], None
+        request = each_request(fragments, bindings, each)
+        every = tuple(fragments)
+        results = len(every)
+        if each is not None:
+            every += each.fragments
+            results += len(each.fragments) * max(0, each.limit)
+        reply = await self._call(request, every, timeout, results)
+        return decode_each(reply, fragments, each)
+
     async def check(self, source: str, *, name: str = "fragment") -> None:
         """Compile ``source`` in a worker; see :meth:`Sandbox.check`."""
         reply = await self._call(check_request(source), (FragmentCall(name, source),), None)
@@ -385,10 +416,14 @@ class WorkerSandbox(Sandbox):
         return sorted(w.pid for w in self._all if not w.dead)
 
     async def _call(
-        self, request: str, fragments: Sequence[FragmentCall], timeout: float | None
+        self,
+        request: str,
+        fragments: Sequence[FragmentCall],
+        timeout: float | None,
+        results: int | None = None,
     ) -> bytes:
         deadline = self.limits.timeout if timeout is None else timeout
-        n = len(fragments)
+        n = len(fragments) if results is None else results
         max_line = self._max_line.get(n)
         if max_line is None:
             max_line = self._max_line[n] = max_reply_bytes(self.limits, n)

@@ -15,10 +15,16 @@
 // parsed afresh from its text, so no fragment sees another's changes; and, under its
 // `bind` name, the JSON result of every earlier fragment that has one.  A `guard`
 // fragment (1) whose JSON result is falsy (null, false, 0, "") ends the batch.
-// Replies  (JSON text): {"ok": [<result>, ...]}
+// A bind "name.key" sets property key of the object bound to name instead (a binding
+// that is absent or not an object counts as {}).  "m": {"o": index, "f": [...], "x": limit,
+// "i": 0|1} in a batch request runs the fragments "f" once per element (the first "x")
+// of the list the fragment at "o" returned (when the batch ran to its end), each with
+// `item` and `index` (and `input` if "i" is 1) bound to the element and its position.
+// Replies  (JSON text): {"ok": [<result>, ...]} (with "m": [[<result>, ...], ...] | null
+//                       when the request has "m")
 //                     | {"e": message, "k": kind, "l": line, "c": column, "i": index}
 //   kind: "script" (the fragment's fault), "oom" (out of memory), "output" (too large);
-//   index: the fragment of the batch that failed.
+//   index: the fragment of the batch that failed (those of "m" follow those of "f").
 (function (maxOutput) {
   "use strict";
   const MakeFunction = Function;
@@ -276,6 +282,92 @@
     return reply("sandbox: malformed request", "script", 0, 0);
   }
 
+  const KEY = /^[A-Za-z_$][\w$]*$/;
+
+  // Binds `text` (JSON) as `bind` ("name" or "name.key") in names/texts; false if malformed.
+  function bindText(names, texts, bind, text) {
+    const dot = apply(strIndexOf, bind, ["."]);
+    const name = dot === -1 ? bind : apply(strSlice, bind, [0, dot]);
+    const at = apply(arrIndexOf, names, [name]);
+    if (dot !== -1) {
+      const key = apply(strSlice, bind, [dot + 1]);
+      if (apply(regexpExec, KEY, [key]) === null) return false;
+      let base = at === -1 ? "{}" : texts[at];
+      if (base[0] !== "{") base = "{}";
+      const prop = '"' + key + '":' + text + "}";
+      text = base === "{}" ? "{" + prop : apply(strSlice, base, [0, -1]) + "," + prop;
+    }
+    if (at === -1) {
+      names[names.length] = name;
+      texts[texts.length] = text;
+    } else {
+      texts[at] = text;
+    }
+    return true;
+  }
+
+  // Runs a batch on names/texts (changed by its binds): [error reply] or [null, outs, results, ran all].
+  function runBatch(frags, names, texts, base) {
+    let outs = "";
+    const results = [];
+    for (let i = 0; i < frags.length; i++) {
+      current = base + i;
+      last = current;
+      const f = frags[i];
+      if (!isArray(f) || typeof f[0] !== "string" || (f[1] !== null && typeof f[1] !== "string")) {
+        return [malformed()];
+      }
+      const src = f[0];
+      const u = usage(src);
+      const params = [];
+      const args = [];
+      for (let j = 0; j < names.length; j++) {
+        if (u === null || apply(setHas, u, [names[j]])) {
+          params[params.length] = names[j];
+          args[args.length] = jsonParse(texts[j]);
+        }
+      }
+      const done = runOne(src, params, args);
+      if (!done[0]) return [done[1]];
+      const out = done[1];
+      outs = i === 0 ? out : outs + "," + out;
+      results[i] = out;
+      if (f[1] !== null && !bindText(names, texts, f[1], out)) return [malformed()];
+      if (f[2] === 1 && (out === "null" || out === "false" || out === "0" || out === '""')) {
+        return [null, outs, results, false];
+      }
+    }
+    return [null, outs, results, true];
+  }
+
+  // The "m" part of a request: [error reply] or [null, JSON text of the results].
+  function runEach(m, names, texts, ran, base) {
+    if (m === null || typeof m !== "object" || !isArray(m.f) || typeof m.o !== "number" || typeof m.x !== "number") {
+      return [malformed()];
+    }
+    if (!ran[3] || m.o < 0 || m.o >= ran[2].length) return [null, "null"];
+    const list = jsonParse(ran[2][m.o]);
+    if (!isArray(list)) return [null, "null"];
+    const n = list.length < m.x ? list.length : m.x;
+    let outs = "";
+    for (let k = 0; k < n; k++) {
+      const en = [];
+      const et = [];
+      for (let j = 0; j < names.length; j++) {
+        en[j] = names[j];
+        et[j] = texts[j];
+      }
+      const item = jsonStringify(list[k]);
+      bindText(en, et, "item", item);
+      bindText(en, et, "index", "" + k);
+      if (m.i === 1) bindText(en, et, "input", item);
+      const r = runBatch(m.f, en, et, base);
+      if (r[0] !== null) return r;
+      outs = k === 0 ? "[" + r[1] + "]" : outs + ",[" + r[1] + "]";
+    }
+    return [null, "[" + outs + "]"];
+  }
+
   function run(line) {
     current = 0;
     if (line === "?") return "" + last;
@@ -293,40 +385,12 @@
       if (typeof names[j] !== "string") return malformed();
       texts[j] = parts[j + 1];
     }
-    let outs = "";
-    for (let i = 0; i < frags.length; i++) {
-      current = i;
-      last = i;
-      const f = frags[i];
-      if (!isArray(f) || typeof f[0] !== "string" || (f[1] !== null && typeof f[1] !== "string")) {
-        return malformed();
-      }
-      const src = f[0];
-      const u = usage(src);
-      const params = [];
-      const args = [];
-      for (let j = 0; j < names.length; j++) {
-        if (u === null || apply(setHas, u, [names[j]])) {
-          params[params.length] = names[j];
-          args[args.length] = jsonParse(texts[j]);
-        }
-      }
-      const done = runOne(src, params, args);
-      if (!done[0]) return done[1];
-      const out = done[1];
-      outs = i === 0 ? out : outs + "," + out;
-      if (f[1] !== null) {
-        const at = apply(arrIndexOf, names, [f[1]]);
-        if (at === -1) {
-          names[names.length] = f[1];
-          texts[texts.length] = out;
-        } else {
-          texts[at] = out;
-        }
-      }
-      if (f[2] === 1 && (out === "null" || out === "false" || out === "0" || out === '""')) break;
-    }
-    return '{"ok":[' + outs + "]}";
+    const ran = runBatch(frags, names, texts, 0);
+    if (ran[0] !== null) return ran[0];
+    if (req.m === undefined) return '{"ok":[' + ran[1] + "]}";
+    const each = runEach(req.m, names, texts, ran, frags.length);
+    if (each[0] !== null) return each[0];
+    return '{"ok":[' + ran[1] + '],"m":' + each[1] + "}";
   }
 
   function safeRun(line) {

@@ -17,7 +17,7 @@ import pytest
 
 from orchestra._json import JSON
 from orchestra.errors import SandboxError, ScriptError
-from orchestra.sandbox import FragmentCall, Sandbox
+from orchestra.sandbox import EachCall, FragmentCall, Sandbox
 
 pytestmark = pytest.mark.anyio
 
@@ -383,3 +383,87 @@ class SandboxContract:
         with pytest.raises(ScriptError, match=r"nested too deeply|recursion") as info:
             await sandbox.evaluate_all(fragments, {})
         assert info.value.fragment == "deep"
+
+    # -- batches with a part per element (evaluate_each) -----------------------------------
+
+    async def test_each_runs_per_element_after_the_batch(self, sandbox: Sandbox) -> None:
+        fragments = [
+            FragmentCall("a.output", "response.x + 1", bind="out.a"),
+            FragmentCall("b.when", "out.a > 1", guard=True),
+            FragmentCall("b.for_each", "[out.a, out.z, 'q']"),
+        ]
+        each = EachCall(
+            over=2,
+            fragments=(
+                FragmentCall("b.input", "({v: item, i: index, a: out.a})", bind="input"),
+                FragmentCall("b.query", "({q: input.v})"),
+            ),
+            limit=2,
+        )
+        bindings: dict[str, JSON] = {"response": {"x": 4}, "out": {"z": 9}}
+        results, per = await sandbox.evaluate_each(fragments, bindings, each)
+        assert results == [5, True, [5, 9, "q"]]
+        assert per == [
+            [{"v": 5, "i": 0, "a": 5}, {"q": 5}],
+            [{"v": 9, "i": 1, "a": 5}, {"q": 9}],
+        ]
+        assert bindings == {"response": {"x": 4}, "out": {"z": 9}}  # not changed
+
+    async def test_each_does_not_run_when_the_batch_stops_or_gets_no_list(
+        self, sandbox: Sandbox
+    ) -> None:
+        each = EachCall(over=1, fragments=(FragmentCall("e", "item"),))
+        stop = [FragmentCall("w", "x > 1", guard=True), FragmentCall("l", "[1]")]
+        assert await sandbox.evaluate_each(stop, {"x": 0}, each) == ([False], None)
+        scalar = [FragmentCall("w", "x > 1", guard=True), FragmentCall("l", "({})")]
+        assert await sandbox.evaluate_each(scalar, {"x": 2}, each) == ([True, {}], None)
+        empty = [FragmentCall("w", "true"), FragmentCall("l", "[]")]
+        assert await sandbox.evaluate_each(empty, {}, each) == ([True, []], [])
+        assert await sandbox.evaluate_each(empty, {}) == ([True, []], None)
+        assert await sandbox.evaluate_each([], {}, each) == ([], None)
+
+    async def test_each_binds_the_element_as_input_and_gives_fresh_copies(
+        self, sandbox: Sandbox
+    ) -> None:
+        fragments = [FragmentCall("l", "[{n: 1}, {n: 2}]")]
+        each = EachCall(
+            over=0,
+            fragments=(
+                FragmentCall("m", "input.n += 10; t.k += 1; return [input.n, item.n, t.k]"),
+            ),
+            bind_input=True,
+        )
+        _, per = await sandbox.evaluate_each(fragments, {"t": {"k": 0}}, each)
+        assert per == [[[11, 1, 1]], [[12, 2, 1]]]
+
+    async def test_each_dotted_bind_on_a_missing_or_scalar_binding(self, sandbox: Sandbox) -> None:
+        fragments = [
+            FragmentCall("a", "1", bind="o.a"),
+            FragmentCall("b", "2", bind="s.b"),
+            FragmentCall("c", "3", bind="o.c"),
+            FragmentCall("r", "[o, s]"),
+        ]
+        results, _ = await sandbox.evaluate_each(fragments, {"s": 7})
+        assert results[-1] == [{"a": 1, "c": 3}, {"b": 2}]
+        replace = [FragmentCall("a", "9", bind="o.a"), FragmentCall("r", "Object.keys(o)")]
+        assert (await sandbox.evaluate_each(replace, {"o": {"a": 1, "b": 2}}))[0] == [9, ["a", "b"]]
+
+    async def test_each_errors_name_the_failing_fragment(self, sandbox: Sandbox) -> None:
+        fragments = [FragmentCall("l", "[1, 2]")]
+        each = EachCall(over=0, fragments=(FragmentCall("ok", "item"), FragmentCall("bad", "nope")))
+        with pytest.raises(ScriptError, match="nope is not defined") as info:
+            await sandbox.evaluate_each(fragments, {}, each)
+        assert info.value.fragment == "bad"
+        with pytest.raises(ScriptError) as info:
+            await sandbox.evaluate_each([FragmentCall("first", "x.y")], {}, each)
+        assert info.value.fragment == "first"
+
+    async def test_each_bind_names_must_be_identifiers(self, sandbox: Sandbox) -> None:
+        for bind in ("a-b", "a.b.c", "a."):
+            with pytest.raises(ScriptError, match="identifier") as info:
+                await sandbox.evaluate_each([FragmentCall("x", "1", bind=bind)], {})
+            assert info.value.fragment == "x"
+        each = EachCall(over=0, fragments=(FragmentCall("y", "1", bind="a.b"),))
+        with pytest.raises(ScriptError, match="identifier") as info:
+            await sandbox.evaluate_each([FragmentCall("x", "[1]")], {}, each)
+        assert info.value.fragment == "y"
