@@ -90,6 +90,44 @@ def raw_pythonmonkey() -> float:
     return median_us(rounds)
 
 
+def pipe_round_trip() -> float:
+    """Median round trip of 100 bytes to a child Python process and back over pipes.
+
+    The floor under any call to a worker process on this machine (a wake-up of another
+    process each way), measured in the same run as the pool's figures.
+    """
+    import os
+    import subprocess
+    import sys
+
+    echo = "import os\nwhile d := os.read(0, 65536):\n    os.write(1, d)\n"
+    child = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", echo],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        bufsize=0,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    out, back = child.stdin.fileno(), child.stdout.fileno()
+    message = b"x" * 99 + b"\n"
+    try:
+        rounds = []
+        for _ in range(ROUNDS):
+            samples = []
+            for _ in range(CALLS):
+                start = time.perf_counter()
+                os.write(out, message)
+                got = os.read(back, 65536)
+                while len(got) < len(message):
+                    got += os.read(back, 65536)
+                samples.append(time.perf_counter() - start)
+            rounds.append(statistics.median(samples))
+        return median_us(rounds)
+    finally:
+        child.stdin.close()
+        child.wait()
+
+
 async def throughput(sandbox: WorkerSandbox, callers: int) -> float:
     per_caller = max(20, 800 // callers)
     rounds = []
@@ -132,6 +170,7 @@ async def main() -> None:
         )
     )
     rows.append(("raw PythonMonkey + JSON text, per call", f"{raw_pythonmonkey():8.1f} us"))
+    rows.append(("pipe round trip to a child process (floor)", f"{pipe_round_trip():8.1f} us"))
     rows.append(
         (
             "in-process, 3-fragment batch, per batch",
