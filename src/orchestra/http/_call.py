@@ -24,6 +24,8 @@ from orchestra.model import HttpCall, OAuth2ClientCredentials
 __all__ = ["HttpResult", "RequestParts", "perform"]
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
+"""Text that percent-encoding leaves as it is (RFC 3986 unreserved characters)."""
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
@@ -58,7 +60,8 @@ def build_url(template: str, params: Mapping[str, JSON] | None) -> str:
             msg = f"path parameter {name!r} has no value"
             raise HttpError(msg, url=template)
         value = params[name]
-        return quote(value if isinstance(value, str) else json.dumps(value), safe="")
+        text = value if isinstance(value, str) else json.dumps(value)
+        return text if _UNRESERVED.fullmatch(text) else quote(text, safe="")
 
     return _PLACEHOLDER.sub(fill, template)
 

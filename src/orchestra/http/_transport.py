@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import re
 import ssl
 import time
 import zlib
@@ -473,6 +475,30 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _USER_AGENT = b"orchestra"
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9_.~-]*")
+"""Text ``urlencode`` leaves as it is."""
+
+
+def _query_string(query: Mapping[str, Any]) -> str:
+    """``urlencode(query, doseq=True)``, without its cost for plain names and values."""
+    pairs: list[str] = []
+    for key, value in query.items():
+        values = value if isinstance(value, list | tuple) else (value,)
+        for v in values:
+            if not (isinstance(key, str) and isinstance(v, str)):
+                return urlencode(query, doseq=True)
+            if not (_PLAIN.fullmatch(key) and _PLAIN.fullmatch(v)):
+                return urlencode(query, doseq=True)
+            pairs.append(f"{key}={v}")
+    return "&".join(pairs)
+
+
+@functools.lru_cache(maxsize=256)
+def _host_bytes(hostname: str) -> bytes:
+    """The host name as the request line wants it (IDNA), remembered per name."""
+    return hostname.encode("idna")
+
+
 async def fetch(
     transport: FastTransport,
     method: str,
@@ -494,7 +520,7 @@ async def fetch(
     names, repeated ones joined by ``", "``) and the body.
     """
     if query:
-        qs = urlencode(query, doseq=True)
+        qs = _query_string(query)
         url = f"{url}{'&' if '?' in url else '?'}{qs}"
     timeouts: dict[str, float | None] = {
         "connect": timeout, "read": timeout, "write": timeout, "pool": timeout,
@@ -505,7 +531,7 @@ async def fetch(
     redirects = 0
     while True:
         parts = urlsplit(url)
-        scheme, host = parts.scheme.encode("ascii"), (parts.hostname or "").encode("idna")
+        scheme, host = parts.scheme.encode("ascii"), _host_bytes(parts.hostname or "")
         if not host:
             raise httpx.UnsupportedProtocol(f"no host in URL {url!r}")
         port = parts.port
