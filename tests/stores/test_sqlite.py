@@ -10,14 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 
-from orchestra.errors import PersistenceError
+from orchestra.errors import PersistenceError, RunNotFoundError
 from orchestra.stores import (
     CheckpointRecord,
     EventTakenError,
     HistoryEntry,
     InboxEvent,
+    OwnershipError,
     RunRecord,
     SQLiteStore,
     Store,
@@ -719,3 +721,95 @@ async def test_batches_commit_alone_without_an_asyncio_loop(
         assert sizes == []
         for i in range(4):
             assert (await store.get_run(f"r{i}")).position == 1
+
+
+# -- a step's update ---------------------------------------------------------------------
+
+
+async def test_a_fenced_update_writes_the_whole_record_whatever_changed(tmp_path: Path) -> None:
+    """``update_run(..., owner=)`` writes every field, by the short path or the whole one.
+
+    A step's update (only context, position, error and time changed) leaves the lease
+    columns alone; any other change, or a row that does not hold the expected values,
+    takes the whole update. Either way the stored record is the one written.
+    """
+    statements: list[str] = []
+    async with await SQLiteStore.open(tmp_path / "db.sqlite") as store:
+        await store.create_run(run(owner="w", lease_expires=10.0))
+        conn = store._conn
+        assert conn is not None
+        conn.set_trace_callback(statements.append)
+        changes: list[dict[str, Any]] = [
+            {"position": 1, "context": '{"n": 2}', "updated": 2.0},  # a step: the short path
+            {"error": "oops", "updated": 3.0},
+            {"lease_expires": 20.0},  # renewed
+            {"status": "waiting"},
+            {"process": "q", "version": 2, "created": 0.5},  # not a step's change
+            {"lease_expires": None, "position": 4},
+            {"position": 5},
+        ]
+        current = run(owner="w", lease_expires=10.0)
+        for change in changes:
+            current = attrs.evolve(current, **change)
+            statements.clear()
+            await store.update_run(current, owner="w")
+            assert await store.get_run("r1") == current, change
+            short = [s for s in statements if s.startswith("UPDATE orchestra_runs SET context")]
+            whole = [s for s in statements if s.startswith("UPDATE orchestra_runs SET process")]
+            assert len(short) == 1, change
+            is_step = not (change.keys() - {"position", "context", "updated", "error"})
+            assert len(whole) == (0 if is_step else 1), change
+        # A row changed behind the store's back (the lease, here) is written whole too.
+        conn.execute("UPDATE orchestra_runs SET lease_expires = 99.0 WHERE id = 'r1'")
+        current = attrs.evolve(current, position=6)
+        await store.update_run(current, owner="w")
+        assert await store.get_run("r1") == current
+        conn.set_trace_callback(None)
+        # Fencing holds on both paths: another owner, or no run.
+        with pytest.raises(OwnershipError):
+            await store.update_run(current, owner="thief")
+        thief = attrs.evolve(current, owner="thief")
+        with pytest.raises(OwnershipError):
+            await store.update_run(thief, owner="thief")
+        with pytest.raises(RunNotFoundError):
+            await store.update_run(run("nope", owner="w"), owner="w")
+        async with store.batch() as b:
+            nxt = attrs.evolve(current, position=7)
+            b.update_run(nxt, owner="w")
+        assert await store.get_run("r1") == nxt
+
+
+async def test_a_run_created_in_a_batch_numbers_its_history_without_a_lookup(
+    tmp_path: Path,
+) -> None:
+    """Its first entry is 1 (no MAX(seq) read); entries left under its id still count."""
+    statements: list[str] = []
+    async with await SQLiteStore.open(tmp_path / "db.sqlite") as store:
+        await store.create_run(run("r0"))
+        conn = store._conn
+        assert conn is not None
+        conn.set_trace_callback(statements.append)
+        async with store.batch() as b:
+            b.create_run(run("r1", owner="w"))
+            b.append_history(HistoryEntry(run_id="r1", kind="run_started", at=1.0))
+            b.append_history(HistoryEntry(run_id="r1", kind="step_started", at=2.0, step="a"))
+        conn.set_trace_callback(None)
+        assert not [s for s in statements if "MAX(seq)" in s]
+        assert [h.seq for h in await store.history("r1")] == [1, 2]
+        # History under an id with no run (written by another process, say): appended after.
+        conn.execute(
+            "INSERT INTO orchestra_history (run_id, seq, kind, at) "
+            "VALUES ('r2', 1, 'run_started', 0)"
+        )
+        async with store.batch() as b:
+            b.create_run(run("r2", owner="w"))
+            b.append_history(HistoryEntry(run_id="r2", kind="run_started", at=1.0))
+        assert [h.seq for h in await store.history("r2")] == [1, 2]
+        # A batch that fails after creating its run leaves no number behind.
+        with pytest.raises(RunNotFoundError):
+            async with store.batch() as b:
+                b.create_run(run("r3", owner="w"))
+                b.update_run(run("nope"), owner="w")
+        assert "r3" not in store._seqs
+        with pytest.raises(RunNotFoundError):
+            await store.get_run("r3")

@@ -1,7 +1,8 @@
 """Writing a run: every change of a run's state is one batch, fenced by the run's lease.
 
-A commit writes the run's record with this worker as owner and a fresh lease (a commit is
-a renewal), or with no owner when it gives the lease back, together with the history
+A commit writes the run's record with this worker as owner and its lease, renewed when a
+quarter of it has passed (see :meth:`Leases.renewed`), or with no owner when it gives the
+lease back, together with the history
 entries, wait, checkpoint deletions and inbox consumption that go with the change: one
 transaction on every store whose ``batch()`` is atomic. The run's record is written only
 if the store still names this worker as its owner (``update_run(..., owner=...)``); if
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from orchestra._json import JSON
-from orchestra.engine._common import Log, canonical, revise
+from orchestra.engine._common import Log, canonical
 from orchestra.errors import ContextLimitError
 from orchestra.stores import CheckpointRecord, HistoryEntry, HistoryKind, OwnershipError, RunRecord
 
@@ -83,21 +84,32 @@ class Writer:
         b = self.b
         if run.id in b.cancelled:
             return run
-        if not create:
-            await b.leases.ensure(held)
+        leases = b.leases
         now = b.now()
-        until = None if release else now + b.leases.lease_seconds
-        run = revise(
-            run, context=b.scrub(run.context), error=b.scrub.optional(run.error),
-            updated=now, owner=None if release else b.worker_id, lease_expires=until,
+        if not create and (held.lost or not leases.fresh(held, now)):
+            await leases.ensure(held)
+            now = b.now()
+        scrub = b.scrub
+        worker = leases.worker_id
+        run = RunRecord(
+            id=run.id, process=run.process, version=run.version, status=run.status,
+            context=scrub(run.context), position=run.position,
+            error=None if run.error is None else scrub(run.error), created=run.created,
+            updated=now, owner=None if release else worker,
+            lease_expires=None if release else leases.renewed(held, now),
         )  # fmt: skip
-        entries = [h if isinstance(h, HistoryEntry) else self.entry(run.id, *h) for h in history]
+        entries = [
+            h if isinstance(h, HistoryEntry) else
+            HistoryEntry(run_id=run.id, kind=h[0], at=now, step=h[1],
+                         detail=None if h[2] is None else scrub(canonical(h[2])))
+            for h in history
+        ]  # fmt: skip
         try:
             async with b.store.batch() as batch:
                 if create:
                     batch.create_run(run)
                 else:
-                    batch.update_run(run, owner=b.worker_id)
+                    batch.update_run(run, owner=worker)
                 if consume is not None:
                     batch.consume_event(consume)
                 if unwait:
@@ -109,8 +121,8 @@ class Writer:
                 for s in drop:
                     batch.delete_checkpoints(run.id, s)
         except OwnershipError as exc:
-            raise b.leases.lost(held, str(exc)) from exc
-        b.leases.wrote(held, run)
+            raise leases.lost(held, str(exc)) from exc
+        leases.wrote(held, run)
         return run
 
     async def checkpoint(

@@ -42,7 +42,10 @@ class Scrubber:
         self._pattern: re.Pattern[str] | None = None
 
     def _compile(self) -> re.Pattern[str] | None:
-        values = (*self._secrets().values(), *self._extra())
+        secrets, extra = self._secrets(), self._extra()
+        if not secrets and not extra:  # nothing to hide (the common case): nothing to build
+            return None
+        values = (*secrets.values(), *extra)
         if values != self._key:
             self._key = values
             needles: set[str] = set()

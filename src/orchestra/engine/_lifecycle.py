@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import anyio
 import anyio.lowlevel
@@ -64,8 +64,7 @@ __all__ = ["Lifecycle"]
 log = logging.getLogger("orchestra.engine")
 
 
-@attrs.frozen
-class _Ending:
+class _Ending(NamedTuple):
     """A step that ended, not yet committed: the run after it and what to write with it."""
 
     run: RunRecord
