@@ -594,3 +594,87 @@ class TestErrorTypes:
             await rig.invoke(o.Processor(name="m", call=o.ActionCall(kind="slow")))
         assert "upstream timed out" in str(info.value)
         assert info.value.processor == "m"
+
+
+class TestRawBodies:
+    """On the engine's own client, a JSON body only ``output`` reads crosses undecoded."""
+
+    @staticmethod
+    async def _serve(
+        reader: Any, writer: Any, bodies: dict[str, bytes], writers: list[Any]
+    ) -> None:  # a bare keep-alive HTTP/1.1 server
+        writers.append(writer)
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except Exception:
+                return
+            path = head.split(b" ")[1].decode().split("?")[0].strip("/")
+            body = bodies[path]
+            status = b"404 X" if path == "missing" else b"200 OK"
+            writer.write(b"HTTP/1.1 %s\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (status, len(body), body))  # fmt: skip
+
+    @pytest.mark.parametrize("raw", [True, False])
+    async def test_outputs_match_decoded_bodies(self, raw: bool) -> None:
+        import asyncio
+
+        from orchestra.sandbox import RawJSON
+
+        bodies = {"a": b'{"n": 1, "s": "\xc3\xa9"}', "b": b"{not json", "c": b'[1e400]',
+                  "d": b'{"n": 2}', "missing": b'{"gone": true}'}  # fmt: skip
+        writers: list[Any] = []
+        server = await asyncio.start_server(
+            lambda r, w: self._serve(r, w, bodies, writers), "127.0.0.1", 0
+        )
+        base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        seen: list[object] = []
+
+        class Recording(InProcessSandbox):
+            accepts_raw_json = raw
+
+            async def evaluate(self, source: str, bindings: Any, **kw: Any) -> o.JSON:
+                seen.extend(type(v) for v in bindings.values())
+                return await super().evaluate(source, bindings, **kw)
+
+            async def evaluate_each(self, fragments: Any, bindings: Any, *a: Any, **kw: Any) -> Any:
+                chained.extend(type(v) for v in bindings.values())
+                return await super().evaluate_each(fragments, bindings, *a, **kw)
+
+        chained: list[object] = []
+        engine = o.Engine(sandbox=Recording())
+
+        def proc(name: str, path: str, query: str | None = None, **kw: Any) -> o.Processor:
+            call = o.HttpCall(url=f"{base}/{path}", query=query)
+            return o.Processor(name=name, call=call, **kw)
+
+        try:
+            result = await engine.invoke(o.Process(name="p", steps=(o.ProcessStep(
+                name="main", processors=(
+                    proc("a", "a", output="({n: response.n + 1, s: response.s, st: status})"),
+                    proc("b", "b", output="typeof response + ':' + response"),
+                    proc("nooutput", "d"),
+                    proc("unused", "d", output="'fixed'"),
+                    # Its query runs in the round trip of a's output (chained).
+                    proc("next", "a", query="({n: String(out.a.n)})", needs=("a",),
+                         output="out.a.n + response.n"),
+                )),), output="out"))  # fmt: skip
+            assert result.payload == {
+                "a": {"n": 2, "s": "é", "st": 200}, "b": "string:{not json",
+                "nooutput": {"n": 2}, "unused": "fixed", "next": 3,
+            }  # fmt: skip
+            with pytest.raises(o.ScriptError, match="not JSON"):
+                await engine.invoke(o.Process(name="p", steps=(o.ProcessStep(
+                    name="main", processors=(proc("c", "c", output="response"),)),)))  # fmt: skip
+            missing = proc("m", "missing", output="response")
+            with pytest.raises(o.HttpError, match='answered 404: {"gone": true}'):
+                await engine.invoke(o.Process(name="p", steps=(o.ProcessStep(
+                    name="main", processors=(missing,)),)))  # fmt: skip
+            assert (RawJSON in seen) is raw  # outputs had it, if the sandbox takes it
+            assert (RawJSON in chained) is raw  # so had a's output, chained with next's query
+        finally:
+            await engine.aclose()
+            for w in writers:
+                w.close()
+            server.close()
+            await server.wait_closed()

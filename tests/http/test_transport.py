@@ -290,3 +290,59 @@ async def test_perform_short_path_matches_httpx(
             await _perform(
                 c, o.HttpCall(url=f"{base}/slow", timeout=0.2, retry=o.Retry(attempts=1))
             )
+
+
+def bodies(method: str, target: str, headers: dict[str, str], body: bytes) -> bytes | None:
+    path, _, query = target.partition("?")
+    ctype = query.replace("%2F", "/").replace("%3B", ";").replace("%3D", "=").replace("+", " ")
+    text = {"/ok": b'{"a": [1, "\xc3\xa9"]}', "/bad": b"{nope", "/latin": b'{"a": "\xe9"}',
+            "/text": b"[1]", "/err": b'{"error": "gone"}'}[path]  # fmt: skip
+    return reply(410 if path == "/err" else 200, text, ctype=ctype.removeprefix("t="))
+
+
+async def test_perform_raw_json_leaves_json_bodies_undecoded() -> None:
+    s = Server(bodies)
+    base = await s.start()
+    try:
+        async with default_client() as c:
+
+            async def get(path: str, ctype: str) -> Any:
+                call = o.HttpCall(url=f"{base}{path}")
+                parts = RequestParts(query={"t": ctype})
+                return await perform(call, parts, client=c, executor=LocalExecutor(), secrets={},
+                                     tokens=TokenCache(), raw_json=True)  # fmt: skip
+
+            ok = await get("/ok", "application/json")
+            assert ok.body is None and ok.raw is not None
+            assert ok.raw.text == '{"a": [1, "é"]}' and ok.raw.value == {"a": [1, "é"]}
+            utf8 = await get("/ok", "application/json; charset=UTF-8")
+            assert utf8.raw is not None and utf8.raw.value == {"a": [1, "é"]}
+            bad = await get("/bad", "application/json")  # not JSON: the reader gets the text
+            assert bad.raw is not None and bad.raw.value == "{nope"
+            latin = await get("/latin", "application/json; charset=latin-1")  # decoded as before
+            assert latin.raw is None and latin.body == {"a": "é"}
+            invalid = await get("/latin", "application/json")  # not UTF-8: decoded as before
+            assert invalid.raw is None and invalid.body == {"a": "\ufffd"}
+            text = await get("/text", "text/plain")
+            assert text.raw is None and text.body == "[1]"
+            with pytest.raises(o.HttpError, match='answered 410: {"error": "gone"}'):
+                await get("/err", "application/json")
+    finally:
+        await s.close()
+
+
+async def test_fetch_query_on_remembered_urls(server: tuple[Server, str]) -> None:
+    s, base = server
+    async with default_client() as c:
+        cases: list[tuple[str, dict[str, Any], str]] = [
+            (f"{base}/json", {"a": "1"}, "/json?a=1"),
+            (f"{base}/json", {"a": "2"}, "/json?a=2"),
+            (f"{base}/json?x=1", {"a": "3"}, "/json?x=1&a=3"),
+            (f"{base}/json", {"a": []}, "/json"),
+            (f"{base}/json", {}, "/json"),
+        ]
+        for url, query, target in cases:
+            call = o.HttpCall(url=url)
+            result = await _perform(c, call, RequestParts(query=query))
+            assert result.body["target"] == target
+        assert [r[1] for r in s.requests][-1] == "/json"

@@ -35,7 +35,13 @@ def inprocess_sandbox() -> InProcessSandbox:
 
 
 class EvaluateOnly(Sandbox):
-    """A sandbox that implements only the abstract methods: ``evaluate_all`` is the default."""
+    """A sandbox that implements only the abstract methods: ``evaluate_all`` is the default.
+
+    It passes bindings to an in-process sandbox as they are, so it takes ``RawJSON`` too
+    (the base class's batches hand them on to ``evaluate``).
+    """
+
+    accepts_raw_json = True
 
     def __init__(self, inner: Sandbox) -> None:
         self.inner = inner

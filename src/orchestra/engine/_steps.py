@@ -37,7 +37,7 @@ from orchestra.errors import (
 from orchestra.executors import Executor
 from orchestra.http import RequestParts, TokenCache, perform
 from orchestra.model import ActionCall, FunctionCall, HttpCall, Processor, ProcessStep
-from orchestra.sandbox import EachCall, FragmentCall, Sandbox
+from orchestra.sandbox import EachCall, FragmentCall, RawJSON, Sandbox
 
 __all__ = ["Action", "ActionContext", "Checkpoint", "StepRunner", "truthy", "uses"]
 
@@ -136,6 +136,8 @@ class _Outcome:
     output: JSON = None
     attempts: int = 0
     http_status: int | None = None
+    raw: RawJSON | None = None
+    """The body left undecoded for ``output`` (``output`` is then ``None``)."""
 
 
 @attrs.define(kw_only=True)
@@ -441,8 +443,8 @@ class StepRunner:
             b["input"] = b.get("item")
             parts = pre
         outcome = await self._action(step, p, plan, b, parts)
-        if plan.output:
-            b["response"] = outcome.output
+        if plan.output:  # the body may be RawJSON: ``_action`` asks for it only then
+            b["response"] = outcome.output if outcome.raw is None else outcome.raw  # type: ignore[assignment]
             b["status"] = outcome.http_status
             (out,) = plan.output
             nxt = flow.next_of(p) if flow is not None else None
@@ -513,8 +515,9 @@ class StepRunner:
                 executor=self.executor,
                 secrets=self.secrets,
                 tokens=self.tokens,
+                raw_json=bool(plan.output) and self.sandbox.accepts_raw_json,
             )
-            return _Outcome(result.body, result.attempts, result.status)
+            return _Outcome(result.body, result.attempts, result.status, result.raw)
         work = (
             self._function(call, b["input"])
             if isinstance(call, FunctionCall)

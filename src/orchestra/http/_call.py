@@ -20,6 +20,7 @@ from orchestra.http._auth import TokenCache, auth_headers
 from orchestra.http._client import EngineClient
 from orchestra.http._transport import FastTransport, fetch
 from orchestra.model import HttpCall, OAuth2ClientCredentials
+from orchestra.sandbox._base import RawJSON
 
 __all__ = ["HttpResult", "RequestParts", "perform"]
 
@@ -49,6 +50,8 @@ class HttpResult:
     body: JSON
     headers: Mapping[str, str]
     attempts: int
+    raw: RawJSON | None = None
+    """With ``perform(raw_json=True)``: the JSON body left undecoded (``body`` is then ``None``)."""
 
 
 def build_url(template: str, params: Mapping[str, JSON] | None) -> str:
@@ -74,11 +77,13 @@ async def perform(
     executor: Executor,
     secrets: Mapping[str, str],
     tokens: TokenCache,
+    raw_json: bool = False,
 ) -> HttpResult:
     """Send the request, retrying as ``call.retry`` allows; raise :class:`~orchestra.HttpError`.
 
     A final status of 400 or more is an error; :class:`~orchestra.StepTimeoutError` when the
-    last attempt timed out.
+    last attempt timed out. With ``raw_json``, a successful UTF-8 JSON body is not decoded:
+    it comes as :attr:`HttpResult.raw`, for a sandbox that takes :class:`RawJSON`.
     """
     url = build_url(call.url, parts.path)
     headers = {k: _header(v) for k, v in (parts.headers or {}).items()}
@@ -112,7 +117,7 @@ async def perform(
                 if short is not None:
                     status, resp_headers, body = await _send_short(
                         client, short, call, url, query=query, headers=headers,
-                        content=content, timeout=read_timeout,
+                        content=content, timeout=read_timeout, raw_json=raw_json,
                     )  # fmt: skip
                 else:
                     request = client.build_request(
@@ -148,6 +153,10 @@ async def perform(
             delay = _retry_after(resp_headers.get("retry-after"), executor)
             await executor.sleep(delay if delay is not None else _backoff(call, attempt, executor))
             continue
+        if isinstance(body, RawJSON):
+            if status < 400:
+                return HttpResult(status, None, resp_headers, attempt, body)
+            body = body.value
         if status >= 400:
             detail = body if isinstance(body, str) else json.dumps(body)[:200]
             msg = f"{call.method} {url} answered {status}: {detail[:200]}"
@@ -167,8 +176,12 @@ async def _send_short(
     headers: Mapping[str, str],
     content: bytes | None,
     timeout: float | None,
-) -> tuple[int, dict[str, str], JSON]:
-    """Send on the engine's own client without httpx request and response objects."""
+    raw_json: bool = False,
+) -> tuple[int, dict[str, str], JSON | RawJSON]:
+    """Send on the engine's own client without httpx request and response objects.
+
+    With ``raw_json``, a UTF-8 JSON body comes back undecoded, as :class:`RawJSON`.
+    """
     limit = call.max_response_bytes
     try:
         status, resp_headers, raw = await fetch(
@@ -178,7 +191,31 @@ async def _send_short(
         )  # fmt: skip
     except ValueError as exc:  # over the size limit
         raise HttpError(str(exc), url=url) from None
-    return status, resp_headers, _decode(raw, resp_headers.get("content-type", ""))
+    content_type = resp_headers.get("content-type", "")
+    if raw_json and raw:
+        text = _utf8_json(raw, content_type)
+        if text is not None:
+            return status, resp_headers, RawJSON(text)
+    return status, resp_headers, _decode(raw, content_type)
+
+
+def _utf8_json(raw: bytes, content_type: str) -> str | None:
+    """The text of a body that :func:`_decode` would read as JSON in UTF-8, else ``None``.
+
+    Whether it is JSON is left to whoever reads it (:class:`RawJSON`: else the text).
+    """
+    if "json" in content_type:
+        if ";" in content_type and _charset(content_type).lower().replace("_", "-") not in (
+            "utf-8",
+            "utf8",
+        ):
+            return None
+    elif content_type or raw[:1] not in (b"{", b"["):
+        return None
+    try:
+        return raw.decode("utf-8")  # strict: what errors="replace" would change is excluded
+    except UnicodeDecodeError:
+        return None
 
 
 async def _send(

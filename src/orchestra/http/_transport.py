@@ -499,6 +499,46 @@ def _host_bytes(hostname: str) -> bytes:
     return hostname.encode("idna")
 
 
+_TargetParts = tuple[bytes, bytes, int | None, bytes, bytes]
+_TARGETS: dict[str, _TargetParts] = {}
+_TARGETS_CACHE = 1024
+
+
+def _target(url: str) -> _TargetParts:
+    """``(scheme, host, port, netloc, target)`` of ``url``, remembered per URL.
+
+    Parsing a URL costs more than the rest of building a request; an API call's URL
+    (before its query string is added) repeats from run to run.
+    """
+    found = _TARGETS.get(url)
+    if found is not None:
+        return found
+    parts = urlsplit(url)
+    scheme, host = parts.scheme.encode("ascii"), _host_bytes(parts.hostname or "")
+    if not host:
+        raise httpx.UnsupportedProtocol(f"no host in URL {url!r}")
+    port = parts.port
+    netloc = host if port is None else b"%s:%d" % (host, port)
+    target = (parts.path or "/").encode("ascii", "strict") if parts.path.isascii() else \
+        quote(parts.path or "/", safe="/%:@!$&'()*+,;=~").encode("ascii")  # fmt: skip
+    if parts.query:
+        target += b"?" + parts.query.encode("ascii", "ignore")
+    found = (scheme, host, port, netloc, target)
+    if len(_TARGETS) >= _TARGETS_CACHE:
+        _TARGETS.clear()
+    _TARGETS[url] = found
+    return found
+
+
+def _with_query(url: str, qs: str) -> tuple[str, _TargetParts]:
+    """``url`` with the query string ``qs`` added, and its parts (``url``'s own remembered)."""
+    if "?" in url or "#" in url or not qs:  # rare: parse it whole, as sent
+        full = f"{url}{'&' if '?' in url else '?'}{qs}"
+        return full, _target(full)
+    scheme, host, port, netloc, target = _target(url)
+    return f"{url}?{qs}", (scheme, host, port, netloc, target + b"?" + qs.encode("ascii", "ignore"))
+
+
 async def fetch(
     transport: FastTransport,
     method: str,
@@ -519,9 +559,7 @@ async def fetch(
     beyond it); gzip and deflate bodies are decoded. Returns status, headers (lower-case
     names, repeated ones joined by ``", "``) and the body.
     """
-    if query:
-        qs = _query_string(query)
-        url = f"{url}{'&' if '?' in url else '?'}{qs}"
+    parts = _with_query(url, _query_string(query)) if query else None
     timeouts: dict[str, float | None] = {
         "connect": timeout, "read": timeout, "write": timeout, "pool": timeout,
     }  # fmt: skip
@@ -530,16 +568,11 @@ async def fetch(
         extra.append((b"Content-Length", b"%d" % len(body)))
     redirects = 0
     while True:
-        parts = urlsplit(url)
-        scheme, host = parts.scheme.encode("ascii"), _host_bytes(parts.hostname or "")
-        if not host:
-            raise httpx.UnsupportedProtocol(f"no host in URL {url!r}")
-        port = parts.port
-        netloc = host if port is None else b"%s:%d" % (host, port)
-        target = (parts.path or "/").encode("ascii", "strict") if parts.path.isascii() else \
-            quote(parts.path or "/", safe="/%:@!$&'()*+,;=~").encode("ascii")  # fmt: skip
-        if parts.query:
-            target += b"?" + parts.query.encode("ascii", "ignore")
+        if parts is not None:
+            url, (scheme, host, port, netloc, target) = parts
+            parts = None
+        else:
+            scheme, host, port, netloc, target = _target(url)
         head = [(b"Host", netloc), (b"User-Agent", _USER_AGENT), (b"Accept", b"*/*"), *extra]
         raw = await transport.request(
             method.encode("ascii"), (scheme, host, port), target,
@@ -552,7 +585,7 @@ async def fetch(
             if redirects > max_redirects:
                 raise httpx.TooManyRedirects(f"more than {max_redirects} redirects")
             new = urljoin(url, location.decode("latin-1"))
-            if urlsplit(new)[:2] != parts[:2]:
+            if urlsplit(new)[:2] != urlsplit(url)[:2]:
                 extra = [kv for kv in extra if kv[0].lower() != b"authorization"]
             if raw.status == 303 or (raw.status in (301, 302) and method == "POST"):
                 method, body = ("GET" if method != "HEAD" else "HEAD"), None

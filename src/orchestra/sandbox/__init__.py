@@ -5,7 +5,7 @@
 Importing this package does not import PythonMonkey.
 """
 
-from orchestra.sandbox._base import EachCall, FragmentCall, Sandbox
+from orchestra.sandbox._base import EachCall, FragmentCall, RawJSON, Sandbox
 from orchestra.sandbox._inprocess import InProcessSandbox
 from orchestra.sandbox._limits import SandboxLimits
 from orchestra.sandbox._pool import WorkerSandbox
@@ -14,6 +14,7 @@ __all__ = [
     "EachCall",
     "FragmentCall",
     "InProcessSandbox",
+    "RawJSON",
     "Sandbox",
     "SandboxLimits",
     "WorkerSandbox",

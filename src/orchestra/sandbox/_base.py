@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import abc
+import json
 import re
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Self
+from typing import ClassVar, Self
 
 import attrs
 
 from orchestra._json import JSON
 from orchestra.errors import ScriptError
 
-__all__ = ["EachCall", "FragmentCall", "Sandbox"]
+__all__ = ["EachCall", "FragmentCall", "RawJSON", "Sandbox"]
 
 
 @attrs.frozen(cache_hash=True)
@@ -57,6 +58,49 @@ class EachCall:
     bind_input: bool = False
 
 
+_UNSET: object = object()
+
+
+class RawJSON:
+    """JSON text to bind as it is, not decoded in the host: an HTTP response body, say.
+
+    Only sandboxes whose :attr:`Sandbox.accepts_raw_json` is true take it as a binding
+    value. They bind what :attr:`value` is: ``json.loads(text)``, or ``text`` itself (a
+    string) when that is not JSON, with the data rules of any binding (integers beyond
+    ±(2^53-1), NaN and infinities are refused). The text can cross into JavaScript as it
+    is, so a body that only a fragment reads is never decoded in the host.
+    """
+
+    __slots__ = ("_ok", "_text", "_value")
+
+    def __init__(self, text: str) -> None:
+        if not isinstance(text, str):
+            raise TypeError(f"RawJSON takes a str, not {type(text).__name__}")
+        self._text = text
+        self._value: object = _UNSET
+        self._ok: bool | None = None  # whether text may cross as it is: the codec's to say
+
+    @property
+    def text(self) -> str:
+        """The JSON text (read-only)."""
+        return self._text
+
+    @property
+    def value(self) -> JSON:
+        """The decoded value (decoded once, on first use)."""
+        value = self._value
+        if value is _UNSET:
+            try:
+                value = json.loads(self._text)
+            except ValueError:
+                value = self._text
+            self._value = value
+        return value  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return f"RawJSON({self._text[:60]!r})"
+
+
 _IDENTIFIER = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*\Z")
 _DOTTED = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*(?:\.[A-Za-z_$][A-Za-z0-9_$]*)?\Z")
 
@@ -98,6 +142,21 @@ class Sandbox(abc.ABC):
     returns something that is not JSON; :class:`~orchestra.StepTimeoutError` past the
     deadline; :class:`~orchestra.SandboxError` when the sandbox itself fails.
     """
+
+    accepts_raw_json: ClassVar[bool] = False
+    """Whether binding values may be :class:`RawJSON` (callers check before passing one).
+
+    A subclass that overrides ``evaluate``, ``evaluate_all`` or ``evaluate_each`` without
+    setting it does not take :class:`RawJSON`, whatever its base class does.
+    """
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__
+        if "accepts_raw_json" not in own and any(
+            m in own for m in ("evaluate", "evaluate_all", "evaluate_each")
+        ):
+            cls.accepts_raw_json = False
 
     @abc.abstractmethod
     async def evaluate(

@@ -14,7 +14,7 @@ from typing import Any
 
 from orchestra._json import JSON
 from orchestra.errors import SandboxError, ScriptError
-from orchestra.sandbox._base import EachCall, FragmentCall, check_binds
+from orchestra.sandbox._base import EachCall, FragmentCall, RawJSON, check_binds
 
 __all__ = [
     "MAX_SAFE_INTEGER",
@@ -25,6 +25,7 @@ __all__ = [
     "decode_reply",
     "each_request",
     "run_request",
+    "single",
 ]
 
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -68,7 +69,7 @@ _encode = _make_encode()
 _NAMES: set[str] = set()  # binding names already found to be identifiers
 
 
-def _encode_bindings(bindings: Mapping[str, JSON], name: str) -> str:
+def _encode_bindings(bindings: Mapping[str, object], name: str) -> str:
     """``"n":[names]`` and each value's own JSON text after a tab (the runner's framing)."""
     for key in bindings:
         if key not in _NAMES:
@@ -79,16 +80,51 @@ def _encode_bindings(bindings: Mapping[str, JSON], name: str) -> str:
                 _NAMES.add(key)
     if not bindings:
         return '"n":[]}'
+    raw: list[str] | None = None
     try:
-        texts = [_encode(value) for value in bindings.values()]
+        texts: list[str] = []
+        for value in bindings.values():
+            if type(value) is RawJSON:
+                if value._ok is None:
+                    value._ok = _raw_ok(value.text)
+                if value._ok:
+                    raw = raw or []
+                    raw.append(str(len(texts)))
+                    texts.append(value.text)
+                else:
+                    texts.append(_encode(value.value))
+            else:
+                texts.append(_encode(value))
     except (TypeError, ValueError, RecursionError) as exc:
         raise ScriptError(f"bindings are not JSON: {exc}", fragment=name) from None
     text = "\t".join(texts)
-    if _SIXTEEN_DIGITS in text.encode("ascii").translate(_DIGITS):
+    if _SIXTEEN_DIGITS in text.encode().translate(_DIGITS):
         for key, value in bindings.items():
-            _check_integers(value, key, name)
+            _check_integers(value.value if type(value) is RawJSON else value, key, name)
     # Names are identifiers: nothing in them needs escaping.
-    return '"n":["' + '","'.join(bindings) + '"]}\t' + text
+    head = '"n":["' + '","'.join(bindings) + '"]}\t'
+    return head + text if raw is None else '"r":[' + ",".join(raw) + "]," + head + text
+
+
+# Raw JSON text crosses as it is unless JavaScript's JSON.parse could read it otherwise
+# than Python's json.loads (NaN, Infinity, an exponent of three digits that may overflow,
+# the integer -0 that json.loads reads as 0), or it would break the request framing (a
+# newline or tab). Strings that merely contain such text only cost the slower path.
+_EXPONENTS = bytes(48 if 48 <= i <= 57 else 101 if i in (69, 101) else 32 for i in range(256))
+_NEGATIVE_ZERO = re.compile(r"-0(?=[,\]}\s]|\Z)")
+
+
+def _raw_ok(text: str) -> bool:
+    """Whether raw JSON ``text`` can cross as it is (the runner reads invalid JSON as a string)."""
+    if not text or "\n" in text or "\t" in text or "NaN" in text or "Infinity" in text:
+        return False
+    try:
+        data = text.encode()
+    except UnicodeEncodeError:  # a lone surrogate: it has to be escaped
+        return False
+    if b"e000" in data.translate(_EXPONENTS, b"+-"):
+        return False
+    return "-0" not in text or _NEGATIVE_ZERO.search(text) is None
 
 
 _FRAGMENTS: dict[object, str] = {}
@@ -153,6 +189,20 @@ def each_request(
     frags = fragments if isinstance(fragments, tuple) else tuple(fragments)
     head = _encode_each(frags, each)
     return '{"f":' + head + "," + _encode_bindings(bindings, frags[0].name if frags else "x")
+
+
+_SINGLES: dict[tuple[str, str], tuple[FragmentCall]] = {}
+
+
+def single(name: str, source: str) -> tuple[FragmentCall]:
+    """The batch of one that :meth:`~orchestra.sandbox.Sandbox.evaluate` runs (remembered)."""
+    key = (name, source)
+    found = _SINGLES.get(key)
+    if found is None:
+        if len(_SINGLES) >= _FRAGMENTS_CACHE:
+            _SINGLES.clear()
+        found = _SINGLES[key] = (FragmentCall(name, source),)
+    return found
 
 
 def run_request(source: str, bindings: Mapping[str, JSON], name: str) -> str:

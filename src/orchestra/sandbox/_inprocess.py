@@ -14,6 +14,7 @@ from orchestra.sandbox._codec import (
     decode_each,
     decode_reply,
     each_request,
+    single,
 )
 
 __all__ = ["InProcessSandbox"]
@@ -37,6 +38,8 @@ class InProcessSandbox(Sandbox):
 
     """
 
+    accepts_raw_json = True
+
     def __init__(self, *, max_output_chars: int = _DEFAULT_MAX_OUTPUT) -> None:
         self._max_output = max_output_chars
         self._runner: Callable[[str], str] | None = None
@@ -58,7 +61,7 @@ class InProcessSandbox(Sandbox):
         timeout: float | None = None,
     ) -> JSON:
         """Run ``source`` in process; see :meth:`Sandbox.evaluate`. ``timeout`` is ignored."""
-        fragments = (FragmentCall(name, source),)
+        fragments = single(name, source)
         return decode_batch(self._js()(batch_request(fragments, bindings)), fragments)[0]
 
     async def evaluate_all(

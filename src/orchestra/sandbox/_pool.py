@@ -30,6 +30,7 @@ from orchestra.sandbox._codec import (
     decode_each,
     decode_reply,
     each_request,
+    single,
 )
 from orchestra.sandbox._limits import SandboxLimits
 from orchestra.sandbox._process import WorkerDied, WorkerProcess, max_reply_bytes
@@ -305,6 +306,8 @@ class WorkerSandbox(Sandbox):
 
     """
 
+    accepts_raw_json = True
+
     def __init__(self, size: int | None = None, *, limits: SandboxLimits | None = None) -> None:
         size = size if size is not None else (os.cpu_count() or 1)
         if size < 1:
@@ -336,7 +339,7 @@ class WorkerSandbox(Sandbox):
         timeout: float | None = None,
     ) -> JSON:
         """Run ``source`` in a worker; see :meth:`Sandbox.evaluate`."""
-        fragments = (FragmentCall(name, source),)
+        fragments = single(name, source)
         request = batch_request(fragments, bindings)
         reply = await self._call(request, fragments, timeout)
         return decode_batch(reply, fragments)[0]
@@ -436,7 +439,7 @@ class WorkerSandbox(Sandbox):
         if not self._pipelined:
             return await self._single_call(request, fragments, deadline, max_line)
         # -- pipelined mode (asyncio), inline: this runs for every call --
-        task = _Task(request.encode("ascii") + b"\n", deadline, max_line)
+        task = _Task(request.encode() + b"\n", deadline, max_line)
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self._rebind(loop)

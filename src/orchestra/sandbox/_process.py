@@ -147,7 +147,7 @@ class WorkerProcess:
         finished = False
         try:
             with anyio.move_on_after(timeout if math.isfinite(timeout) else None) as scope:
-                await self._write(request.encode("ascii") + b"\n")
+                await self._write(request.encode() + b"\n")
                 line = await self._read_line(max_line)
                 finished = True
         finally:

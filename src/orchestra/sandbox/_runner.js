@@ -7,7 +7,9 @@
 //
 // Requests: {"f": [[source, bind, guard], ...], "n": [name, ...]} TAB value TAB value ...
 //             run a batch of fragments in order; each binding's value is its own JSON
-//             text (JSON text never holds a raw tab), in the order of "n"
+//             text (JSON text never holds a raw tab), in the order of "n"; "r": [index,
+//             ...] (optional) marks values the host sent as it got them (an HTTP
+//             body): each binds as a string when it is not JSON text
 //           {"s": source, "c": 1}       compile only
 //           "?"                         index of the fragment last run
 // A fragment gets as parameters only the bindings whose names appear in its source as
@@ -30,6 +32,7 @@
   const MakeFunction = Function;
   const ErrorProto = Error.prototype;
   const SyntaxErrorCtor = SyntaxError;
+  const SyntaxErrorProto = SyntaxError.prototype;
   const PromiseCtors = [Promise];
   const jsonParse = JSON.parse;
   const jsonStringify = JSON.stringify;
@@ -384,6 +387,21 @@
     for (let j = 0; j < names.length; j++) {
       if (typeof names[j] !== "string") return malformed();
       texts[j] = parts[j + 1];
+    }
+    const raw = req.r;
+    if (raw !== undefined) {
+      // Raw bindings: text the host did not check; what is not JSON binds as a string.
+      if (!isArray(raw)) return malformed();
+      for (let k = 0; k < raw.length; k++) {
+        const j = raw[k];
+        if (typeof j !== "number" || !(j >= 0 && j < texts.length) || j !== (j | 0)) return malformed();
+        try {
+          jsonParse(texts[j]);
+        } catch (e) {
+          if (!apply(isProtoOf, SyntaxErrorProto, [e])) throw e;
+          texts[j] = jsonStringify(texts[j]);
+        }
+      }
     }
     const ran = runBatch(frags, names, texts, 0);
     if (ran[0] !== null) return ran[0];

@@ -17,7 +17,7 @@ import pytest
 
 from orchestra._json import JSON
 from orchestra.errors import SandboxError, ScriptError
-from orchestra.sandbox import EachCall, FragmentCall, Sandbox
+from orchestra.sandbox import EachCall, FragmentCall, RawJSON, Sandbox
 
 pytestmark = pytest.mark.anyio
 
@@ -467,3 +467,77 @@ class SandboxContract:
         with pytest.raises(ScriptError, match="identifier") as info:
             await sandbox.evaluate_each([FragmentCall("x", "[1]")], {}, each)
         assert info.value.fragment == "y"
+
+    # -- raw JSON bindings (sandboxes with accepts_raw_json) -----------------------------
+
+    RAW_TEXTS = (
+        '{"a":[1,2.5,{"b":"x"}],"c":null,"d":true}',
+        ' [1, "two"]\r ',
+        '"str"',
+        "12",
+        '{"x":"naïve ☃ 😀","y":"\\u00e9\\ud800"}',
+        '{"lone":"\ud800"}',
+        '{"a":\n1,\t"b":2}',
+        "-0",
+        "[-0.0, 1e-5, 2E+2, 5e-324]",
+        '{"when":"2024-05-01","sku":"tr-042"}',
+        "not JSON",
+        '{"a":1',
+        "\ufeff{}",
+        "",
+        '{"__proto__":{"x":1}}',
+        '{"a":1,"a":2}',
+    )
+
+    @pytest.mark.parametrize("text", RAW_TEXTS)
+    async def test_raw_json_binds_like_its_value(self, sandbox: Sandbox, text: str) -> None:
+        if not sandbox.accepts_raw_json:
+            pytest.skip("the sandbox does not take RawJSON")
+        source = "JSON.stringify(v) + typeof v + Object.is(v, -0) + Object.keys(Object(v))"
+        as_raw = await sandbox.evaluate(source, {"v": RawJSON(text)})  # type: ignore[dict-item]
+        assert as_raw == await sandbox.evaluate(source, {"v": RawJSON(text).value})
+        batch = [FragmentCall("a", "v"), FragmentCall("b", source)]
+        results = await sandbox.evaluate_all(batch, {"v": RawJSON(text)})  # type: ignore[dict-item]
+        assert results == await sandbox.evaluate_all(batch, {"v": RawJSON(text).value})
+        each = EachCall(over=0, fragments=(FragmentCall("e", "[item, v]"),))
+        raw: dict[str, Any] = {"v": RawJSON(text)}
+        got = await sandbox.evaluate_each([FragmentCall("l", "[1]")], raw, each)
+        value = RawJSON(text).value
+        assert got == await sandbox.evaluate_each([FragmentCall("l", "[1]")], {"v": value}, each)
+
+    @pytest.mark.parametrize(
+        ("text", "match"),
+        [
+            ('{"a":12345678901234567}', r"2\^53"),
+            ("[1e400]", "not JSON"),
+            ("[-1E+999]", "not JSON"),
+            ('{"a":NaN}', "not JSON"),
+            ("Infinity", "not JSON"),
+        ],
+    )
+    async def test_raw_json_follows_the_data_rules(
+        self, sandbox: Sandbox, text: str, match: str
+    ) -> None:
+        if not sandbox.accepts_raw_json:
+            pytest.skip("the sandbox does not take RawJSON")
+        with pytest.raises(ScriptError, match=match) as info:
+            await sandbox.evaluate("v", {"v": RawJSON(text)}, name="f")  # type: ignore[dict-item]
+        assert info.value.fragment == "f"
+
+    async def test_raw_json_not_assumed_by_overriding_subclasses(self, sandbox: Sandbox) -> None:
+        class Wrapped(type(sandbox)):  # type: ignore[misc]
+            async def evaluate(self, *args: Any, **kwargs: Any) -> JSON:
+                result: JSON = await super().evaluate(*args, **kwargs)
+                return result
+
+        class Said(Wrapped):
+            accepts_raw_json = sandbox.accepts_raw_json
+
+        assert Wrapped.accepts_raw_json is False
+        assert Said.accepts_raw_json is sandbox.accepts_raw_json
+
+    async def test_raw_json_with_numbers_in_strings(self, sandbox: Sandbox) -> None:
+        if not sandbox.accepts_raw_json:
+            pytest.skip("the sandbox does not take RawJSON")
+        text = '{"id":"12345678901234567890","e":"1e400 NaN -0,"}'
+        assert await sandbox.evaluate("v", {"v": RawJSON(text)}) == RawJSON(text).value  # type: ignore[dict-item]
