@@ -2,9 +2,9 @@
 
 A commit writes the run's record with this worker as owner and its lease, renewed when a
 quarter of it has passed (see :meth:`Leases.renewed`), or with no owner when it gives the
-lease back, together with the history
-entries, wait, checkpoint deletions and inbox consumption that go with the change: one
-transaction on every store whose ``batch()`` is atomic. The run's record is written only
+lease back, together with the history entries, wait, checkpoint deletions and inbox
+consumption that go with the change: one transaction on every store whose ``batch()``
+is atomic. The run's record is written only
 if the store still names this worker as its owner (``update_run(..., owner=...)``); if
 another worker took the run over meanwhile the batch fails with ``OwnershipError``, which
 this module turns into :class:`~orchestra.engine._leases.LeaseLostError` after marking
