@@ -180,12 +180,15 @@ async def ungrouped(measure: Awaitable[Cost]) -> Cost:
     """
     from orchestra.stores import _postgres, _sqlite
 
-    saved = _sqlite._nothing_ready, _postgres._nothing_ready
-    _sqlite._nothing_ready = _postgres._nothing_ready = lambda loop: True
+    modules: list[Any] = [_sqlite, _postgres]
+    saved = [m._nothing_ready for m in modules]
+    for m in modules:
+        m._nothing_ready = lambda loop: True
     try:
         return await measure
     finally:
-        _sqlite._nothing_ready, _postgres._nothing_ready = saved
+        for m, fn in zip(modules, saved, strict=True):
+            m._nothing_ready = fn
 
 
 # -- orchestra end to end ----------------------------------------------------------------------

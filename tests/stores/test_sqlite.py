@@ -26,6 +26,7 @@ from orchestra.stores import (
     Wait,
     _migrations,
     _sqlite,
+    _sqlite_sql,
 )
 from orchestra.stores.contract import StoreContract
 from orchestra.stores.contract_durable import DurableStoreContract
@@ -163,10 +164,10 @@ async def test_a_v2_database_gets_the_lease_index(
     conn.close()
     assert "orchestra_runs_lease" in indexes
     assert "orchestra_runs_status" not in indexes
-    plan = query_plan(path, _sqlite._ORPHANED_RUNS, ("me", "me", 10.0))
+    plan = query_plan(path, _sqlite_sql._ORPHANED_RUNS, ("me", "me", 10.0))
     assert plan.count("SEARCH orchestra_runs USING INDEX orchestra_runs_lease") == 3, plan
     assert "SCAN orchestra_runs" not in plan, plan
-    plan = query_plan(path, _sqlite._MATCHED_WAITS, (10.0,))
+    plan = query_plan(path, _sqlite_sql._MATCHED_WAITS, (10.0,))
     assert "SEARCH w USING INDEX orchestra_waits_key" in plan, plan
     assert "SCAN w" not in plan and "SCAN orchestra_waits" not in plan, plan
 
@@ -668,7 +669,7 @@ async def test_a_batch_failing_after_its_writes_without_a_savepoint_aborts_the_g
 
 def test_only_batches_failing_after_a_write_need_a_savepoint() -> None:
     """Conditions before every write (the engine's batches) need none."""
-    needs = _sqlite._needs_savepoint
+    needs = _sqlite_sql._needs_savepoint
     assert not needs([("require_owner", ()), ("append_history", ()), ("put_checkpoint", ())])
     assert not needs([("update_run", ()), ("append_history", ()), ("delete_checkpoints", ())])
     assert not needs([("create_run", ()), ("append_history", ())])
