@@ -115,8 +115,7 @@ def check_payload(event: Event, payload: JSON, process: str) -> None:
 
 def tokens(engine: Engine) -> list[str]:
     """The OAuth2 access tokens the engine holds (credentials too: never stored)."""
-    cache: Any = getattr(engine._tokens, "_tokens", None)
-    return [token for token, _ in cache.values()] if cache else []
+    return engine._tokens.access_tokens()
 
 
 class InboxClaim:

@@ -31,6 +31,10 @@ class TokenCache:
         self._tokens: dict[tuple[str, str, str | None], tuple[str, float]] = {}
         self._locks: dict[tuple[str, str, str | None], anyio.Lock] = {}
 
+    def access_tokens(self) -> list[str]:
+        """The access tokens held now (for scrubbing them from whatever gets written)."""
+        return [token for token, _ in self._tokens.values()]
+
     async def token(
         self,
         auth: OAuth2ClientCredentials,
