@@ -26,6 +26,7 @@ __all__ = [
     "Plan",
     "chain_of",
     "each_of",
+    "joined",
     "pick",
     "plan_of",
     "union",
@@ -103,6 +104,10 @@ class Plan:
     """The request part each fragment of ``pre`` after ``input`` builds."""
     output: tuple[FragmentCall, ...]
     """The ``output`` fragment (run with ``evaluate``), or nothing."""
+    each: EachCall | None = None
+    """:func:`each_of` the processor (precomputed)."""
+    each_names: tuple[str, ...] | None = None
+    """The bindings ``head`` and ``pre`` may use but ``item`` and ``index`` (``None``: any)."""
 
 
 _PLANS: dict[int, tuple[Processor, Plan]] = {}
@@ -144,6 +149,13 @@ def plan_of(p: Processor) -> Plan:
         fields=tuple(fields),
         output=output,
     )
+    if p.for_each is not None and plan.pre:
+        names = union(plan.head + plan.pre)
+        plan = attrs.evolve(
+            plan,
+            each=each_of(p, plan),
+            each_names=None if names is None else tuple(n for n in names if n not in ITEM),
+        )
     if len(_PLANS) >= _CACHE_SIZE:
         _PLANS.clear()
     _PLANS[id(p)] = (p, plan)
@@ -153,6 +165,7 @@ def plan_of(p: Processor) -> Plan:
 _EACH_LIMIT = 64  # items whose request fragments run with their processor's for_each
 _CHAIN_FREE = frozenset(("trigger", "out"))
 _IDENTIFIER_FULL = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*\Z")
+_PLAIN: dict[str, bool] = {}  # processor name -> whether it is a plain identifier
 
 
 @attrs.frozen
@@ -212,6 +225,33 @@ def chain_of(p: Processor) -> Chain | None:
     return chain
 
 
+_JOINED: dict[tuple[int, int], tuple[Processor, Chain, tuple[FragmentCall, ...], tuple[str, ...]]]
+_JOINED = {}
+
+
+def joined(
+    p: Processor, out: FragmentCall, chain: Chain
+) -> tuple[tuple[FragmentCall, ...], tuple[str, ...]]:
+    """``p``'s output (as ``out.<name>``) and ``chain``'s head as one batch, with its bindings.
+
+    The bindings are those the batch may use but ``item`` and ``index`` (cached per
+    processor and chain).
+    """
+    key = (id(p), id(chain))
+    cached = _JOINED.get(key)
+    if cached is not None and cached[0] is p and cached[1] is chain:
+        return cached[2], cached[3]
+    fragments = (FragmentCall(out.name, out.source, bind=f"out.{p.name}"), *chain.head)
+    own = uses(out.source)
+    names = tuple(
+        n for n in BINDINGS if n not in ITEM and (n in chain.names or own is None or n in own)
+    )
+    if len(_JOINED) >= _CACHE_SIZE:
+        _JOINED.clear()
+    _JOINED[key] = (p, chain, fragments, names)
+    return fragments, names
+
+
 class Finished(Protocol):
     """An event set when a processor has ended (``asyncio.Event`` or ``anyio.Event``)."""
 
@@ -237,7 +277,12 @@ class Flow:
         It must wait for nothing but ``p`` and outputs already under way (those are
         returned: they end without waiting for anything, and then the chain can go).
         """
-        if not _IDENTIFIER_FULL.match(p.name):
+        plain = _PLAIN.get(p.name)
+        if plain is None:
+            if len(_PLAIN) >= _CACHE_SIZE:
+                _PLAIN.clear()
+            plain = _PLAIN[p.name] = _IDENTIFIER_FULL.match(p.name) is not None
+        if not plain:
             return None
         for d in self.dependents.get(p.name, ()):
             if d.name in self.outputs or d.script_timeout != p.script_timeout:

@@ -14,15 +14,13 @@ import httpx
 
 from orchestra._json import JSON
 from orchestra.engine._batching import (
-    BINDINGS,
     ITEM,
     Chain,
     Flow,
     Plan,
-    each_of,
+    joined,
     pick,
     plan_of,
-    union,
     uses,
 )
 from orchestra.engine._trace import ProcessorTrace, Status
@@ -238,12 +236,20 @@ class StepRunner:
         async def one(p: Processor) -> None:
             for need in p.needs:
                 await finished[need].wait()
-            try:
-                traces.append(await self._one(step, p, outputs, checkpoint, flow))
+            try:  # ``_one`` inlined: one coroutine less to resume per await
+                try:
+                    trace, output = await self._processor(step, p, flow)
+                except StepError as exc:
+                    exc.located(process=self.process, step=step.name, processor=p.name)
+                    raise
+                outputs[p.name] = output
+                if checkpoint is not None:
+                    await checkpoint(trace, output)
             except Exception as exc:  # re-raised below, outside the task group
                 failure.append(exc)
                 group.cancel()
                 return
+            traces.append(trace)
             finished[p.name].set()
 
         await group.run([one(p) for p in todo])
@@ -294,10 +300,8 @@ class StepRunner:
             if ready is not None:  # run with the output of what it waited for
                 results, per = ready
             elif p.for_each is not None and plan.pre and self._chains():
-                each = each_of(p, plan)
-                names = union(plan.head + plan.pre)
-                results, per = await self.js_each(
-                    plan.head, names, b, each, step=step.name, processor=p.name,
+                results, per = await self._each(
+                    plan.head, plan.each_names, b, plan.each, step=step.name, processor=p.name,
                     timeout=p.script_timeout,
                 )  # fmt: skip
             elif plan.head:
@@ -360,6 +364,22 @@ class StepRunner:
         """Evaluate a batch and its ``each`` part in one sandbox call (see ``evaluate_each``)."""
         if names is not None:
             names = tuple(n for n in names if n not in ITEM)
+        return await self._each(
+            fragments, names, bindings, each, step=step, processor=processor, timeout=timeout
+        )
+
+    async def _each(
+        self,
+        fragments: tuple[FragmentCall, ...],
+        names: tuple[str, ...] | None,
+        bindings: Mapping[str, JSON],
+        each: EachCall | None,
+        *,
+        step: str,
+        processor: str | None = None,
+        timeout: float | None = None,
+    ) -> tuple[list[JSON], list[list[JSON]] | None]:
+        """:meth:`js_each` with ``names`` holding neither ``item`` nor ``index``."""
         picked = pick(bindings, names)
         try:
             return await self.sandbox.evaluate_each(fragments, picked, each, timeout=timeout)
@@ -482,11 +502,9 @@ class StepRunner:
         dependent failed (``p``'s output then runs alone, and the dependent meets its error
         on its own).
         """
-        fragments = (FragmentCall(out.name, out.source, bind=f"out.{p.name}"), *chain.head)
-        own = uses(out.source)
-        names = tuple(n for n in BINDINGS if n in chain.names or own is None or n in own)
+        fragments, names = joined(p, out, chain)
         try:
-            results, per = await self.js_each(
+            results, per = await self._each(
                 fragments, names, b, chain.each, step=step.name, processor=p.name,
                 timeout=p.script_timeout,
             )  # fmt: skip
@@ -541,21 +559,30 @@ class StepRunner:
     ) -> RequestParts:
         call = p.call
         assert isinstance(call, HttpCall)
-        values: dict[str, JSON] = {}
+        path = headers = query = body = None
+        has_body = False
         for field, value in zip(plan.fields, parts, strict=True):
-            if field != "body" and value is not None and not isinstance(value, dict):
+            if field == "body":
+                body, has_body = value, True
+                continue
+            if value is not None and not isinstance(value, dict):
                 msg = f"{field} must return an object, got {_kind(value)}"
                 raise ScriptError(msg, fragment=f"{p.name}.{field}")
-            values[field] = value
+            if field == "path":
+                path = value
+            elif field == "headers":
+                headers = value
+            else:
+                query = value
         key = None
         if call.idempotency_key:
             key = f"{self.run_id}:{step.name}:{p.name}:{b.get('index', 0)}"
         return RequestParts(
-            path=values.get("path"),  # type: ignore[arg-type]
-            headers=values.get("headers"),  # type: ignore[arg-type]
-            query=values.get("query"),  # type: ignore[arg-type]
-            body=values.get("body"),
-            has_body="body" in values,
+            path=path,
+            headers=headers,
+            query=query,
+            body=body,
+            has_body=has_body,
             idempotency_key=key,
         )
 
