@@ -14,7 +14,6 @@ import httpx
 
 from orchestra._json import JSON
 from orchestra.engine._batching import (
-    ITEM,
     Chain,
     Flow,
     Plan,
@@ -350,24 +349,6 @@ class StepRunner:
         )
         return trace, outcome.output
 
-    async def js_each(
-        self,
-        fragments: tuple[FragmentCall, ...],
-        names: tuple[str, ...] | None,
-        bindings: Mapping[str, JSON],
-        each: EachCall | None,
-        *,
-        step: str,
-        processor: str | None = None,
-        timeout: float | None = None,
-    ) -> tuple[list[JSON], list[list[JSON]] | None]:
-        """Evaluate a batch and its ``each`` part in one sandbox call (see ``evaluate_each``)."""
-        if names is not None:
-            names = tuple(n for n in names if n not in ITEM)
-        return await self._each(
-            fragments, names, bindings, each, step=step, processor=processor, timeout=timeout
-        )
-
     async def _each(
         self,
         fragments: tuple[FragmentCall, ...],
@@ -379,7 +360,11 @@ class StepRunner:
         processor: str | None = None,
         timeout: float | None = None,
     ) -> tuple[list[JSON], list[list[JSON]] | None]:
-        """:meth:`js_each` with ``names`` holding neither ``item`` nor ``index``."""
+        """Evaluate a batch and its ``each`` part in one sandbox call (``evaluate_each``).
+
+        ``names`` (precomputed per processor) holds neither ``item`` nor ``index``: those
+        are bound per element by the sandbox.
+        """
         picked = pick(bindings, names)
         try:
             return await self.sandbox.evaluate_each(fragments, picked, each, timeout=timeout)
