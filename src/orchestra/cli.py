@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 
 from orchestra._json import JSON
-from orchestra._load import load
+from orchestra._load import load, load_validated
 from orchestra.engine import Engine, Request, Result
 from orchestra.errors import DefinitionError, OrchestraError, Problem
 from orchestra.model import Process, RequestTrigger
@@ -73,13 +73,11 @@ def _engine(mocks: str | None = None) -> Engine:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    process = load(args.file)
-
-    async def go() -> None:
+    async def go() -> Process:
         async with _engine() as engine:
-            await engine.validate(process)
+            return await load_validated(args.file, engine)
 
-    anyio.run(go)
+    process = anyio.run(go)
     print(f"ok: {args.file} ({process.name}, {len(process.steps)} steps)")
     return EXIT_OK
 

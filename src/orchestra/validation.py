@@ -1,22 +1,27 @@
 """Structural validation of a process: everything that can be checked without running it.
 
-Fragments are compiled separately (that needs a sandbox): see
-:meth:`orchestra.Engine.validate`.
+Fragments are compiled separately, in a sandbox: :func:`fragment_problems` (which
+``orchestra validate`` runs on the readable parts of a document that has other problems)
+and :meth:`orchestra.Engine.validate`.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Collection, Iterator
+from typing import TYPE_CHECKING
 
 import httpx
 
-from orchestra.errors import DefinitionError, Problem
+from orchestra.errors import DefinitionError, Problem, ScriptError
 from orchestra.model import HttpCall, Process, Processor, ProcessStep, RequestTrigger, ResumeStep
 from orchestra.model._call import HTTP_METHODS
 from orchestra.model._duration import parse_duration
 
-__all__ = ["check", "fragments", "structural_problems"]
+if TYPE_CHECKING:
+    from orchestra.sandbox import Sandbox
+
+__all__ = ["check", "fragment_problems", "fragments", "structural_problems"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -81,6 +86,33 @@ def fragments(process: Process) -> Iterator[tuple[str, str, str]]:
                     src = getattr(proc.call, field)
                     if src is not None:
                         yield f"{pp}.call.{field}", f"{proc.name}.{field}", src
+
+
+async def fragment_problems(
+    process: Process, sandbox: Sandbox, *, skip: Collection[str] = ()
+) -> list[Problem]:
+    """Compile every fragment of ``process`` in ``sandbox``; return one problem per failure.
+
+    Each problem is at the fragment's JSON path, with the compiler's message and the
+    line and column in the fragment. ``skip`` names JSON paths that could not be read,
+    as for :func:`structural_problems`: fragments at or under them are not compiled.
+    """
+    unread = _Unread(skip)
+    problems = []
+    for path, name, source in fragments(process):
+        if unread(path):
+            continue
+        try:
+            await sandbox.check(source, name=name)
+        except ScriptError as exc:
+            problems.append(Problem(path, exc.js_message + _at(exc)))
+    return problems
+
+
+def _at(exc: ScriptError) -> str:
+    if exc.line is None:
+        return ""
+    return f" (line {exc.line}" + (f", column {exc.column})" if exc.column else ")")
 
 
 def _name(path: str, name: str) -> Iterator[Problem]:

@@ -49,6 +49,18 @@ MOCKS = [
 ]
 
 
+class _AnySyntaxError(str):
+    """Equal to any compiler message of a syntax error (their wording is the engine's)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and other.startswith("SyntaxError: ")
+
+    __hash__ = str.__hash__
+
+
+ANY_SYNTAX_ERROR = _AnySyntaxError("SyntaxError: ...")
+
+
 @pytest.fixture(name="files")
 def _files(tmp_path: Path) -> Path:
     (tmp_path / "process.json").write_text(json.dumps(PROCESS))
@@ -109,6 +121,59 @@ class TestValidate:
         """A fragment that does not compile is reported with its path."""
         assert main(["validate", str(files / "broken.json")]) == 2
         assert "$.steps[0].processors[0].output" in capsys.readouterr().err
+
+    def test_shape_problems_and_fragment_syntax_together(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A document with shape errors still gets its readable fragments compiled: one
+        report, in document order."""
+        data = json.loads(json.dumps(PROCESS))
+        cms, price = data["steps"][0]["processors"]
+        cms["call"]["timout"] = 5
+        cms["output"] = "return {"
+        price["call"]["retry"] = {"attempts": "3"}
+        data["output"] = "({title: out.cms.title"
+        (tmp_path / "mixed.json").write_text(json.dumps(data))
+        assert main(["validate", str(tmp_path / "mixed.json")]) == 2
+        err = capsys.readouterr().err
+        lines = err.splitlines()
+        assert lines[0] == f"invalid: 4 problems in {tmp_path / 'mixed.json'}:"
+        assert [line.split(": ", 1) for line in lines[1:]] == [
+            ["  $.steps[0].processors[0].call.timout", "unknown key"],
+            ["  $.steps[0].processors[0].output", ANY_SYNTAX_ERROR],
+            ["  $.steps[0].processors[1].call.retry.attempts", "expected a number, got str"],
+            ["  $.output", ANY_SYNTAX_ERROR],
+        ]
+
+    def test_structural_problems_and_fragment_syntax_together(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A well-formed document with structural problems gets its fragments compiled."""
+        data = json.loads(json.dumps(PROCESS))
+        cms, price = data["steps"][0]["processors"]
+        cms["needs"] = ["price"]
+        price["output"] = "response.amount +"
+        (tmp_path / "cycle.json").write_text(json.dumps(data))
+        assert main(["validate", str(tmp_path / "cycle.json")]) == 2
+        lines = capsys.readouterr().err.splitlines()
+        assert lines[0] == f"invalid: 2 problems in {tmp_path / 'cycle.json'}:"
+        assert lines[1] == "  $.steps[0].processors[0].needs: dependency cycle: cms -> price -> cms"
+        assert lines[2].split(": ", 1) == ["  $.steps[0].processors[1].output", ANY_SYNTAX_ERROR]
+
+    def test_unreadable_values_are_not_compiled(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A fragment that is not a string, or a missing one, is a shape error only."""
+        data = json.loads(json.dumps(PROCESS))
+        data["steps"][0]["processors"][0]["output"] = 5
+        data["steps"].append({"type": "resume", "name": "wait", "event": "e"})
+        (tmp_path / "odd.json").write_text(json.dumps(data))
+        assert main(["validate", str(tmp_path / "odd.json")]) == 2
+        err = capsys.readouterr().err
+        assert err.splitlines()[1:] == [
+            "  $.steps[0].processors[0].output: expected a string, got int",
+            "  $.steps[1].key: required key missing",
+        ]
 
     def test_missing_file(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """A missing file exits 2 naming it."""

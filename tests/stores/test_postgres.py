@@ -32,6 +32,7 @@ from orchestra.stores import (
     _migrations,
     open_store,
 )
+from orchestra.stores._postgres_group import _GroupCommit
 from orchestra.stores.contract import StoreContract
 from orchestra.stores.contract_durable import DurableStoreContract
 
@@ -277,7 +278,7 @@ async def test_an_unreachable_server_gives_persistence_error() -> None:
 
 
 async def kill_connections(pg_url: str, store: PostgresStore) -> int:
-    pids = [h._con.get_server_pid() for h in store._pool._holders if h._con is not None]
+    pids = [h._con.get_server_pid() for h in store._db.pool._holders if h._con is not None]
     for sub in store._subscriptions:
         pids.append(sub._conn.get_server_pid())
     rows = await admin(
@@ -470,13 +471,13 @@ def test_required_postgres_fails_instead_of_skipping() -> None:
 def spy_groups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Record the number of batches in every call of ``apply_batches``."""
     sizes: list[int] = []
-    real = PostgresStore._apply_many
+    real = _GroupCommit._apply_many
 
-    async def spy(self: PostgresStore, conn: Any, payload: str) -> Any:
+    async def spy(self: _GroupCommit, conn: Any, payload: str) -> Any:
         sizes.append(len(json.loads(payload)))
         return await real(self, conn, payload)
 
-    monkeypatch.setattr(PostgresStore, "_apply_many", spy)
+    monkeypatch.setattr(_GroupCommit, "_apply_many", spy)
     return sizes
 
 

@@ -13,7 +13,7 @@ from cattrs.errors import IterableValidationNote
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from orchestra._json import JSON
-from orchestra.errors import DefinitionError, Problem
+from orchestra.errors import DefinitionError
 from orchestra.model import (
     ActionCall,
     ApiKeyAuth,
@@ -239,51 +239,19 @@ def process_from_dict(data: object, *, source: str | None = None) -> Process:
     in document order: shape errors (unknown keys, wrong types, missing keys) together
     with the structural problems of the parts that are well-formed.
     """
-    from orchestra.serialization._lenient import repair
-    from orchestra.serialization._report import in_document_order, shape_problems
-    from orchestra.validation import structural_problems
+    from orchestra.serialization._reading import read_document
 
-    if not isinstance(data, dict):
-        raise DefinitionError([Problem("$", "a process must be a JSON object")], source=source)
-    data = dict(data)
-    version = data.pop("schema_version", SCHEMA_VERSION)
-    # JSON ``true`` and ``1.0`` equal 1 in Python, but they are not versions.
-    if type(version) is not int or version != SCHEMA_VERSION:
-        problem = Problem(
-            "$.schema_version",
-            f"unsupported version {version!r}; this orchestra reads {SCHEMA_VERSION}",
-        )
-        raise DefinitionError([problem], source=source)
-    try:
-        process = converter.structure(data, Process)
-    except Exception as exc:  # every shape error; then check what is readable
-        problems = shape_problems(exc)
-        partial, broken = repair(data, converter)
-        skip = broken | {p.path for p in problems}
-        problems += structural_problems(partial, skip=skip)
-        raise DefinitionError(in_document_order(problems, data), source=source) from None
-    problems = structural_problems(process)
-    if problems:
-        raise DefinitionError(in_document_order(problems, data), source=source)
-    return process
+    reading = read_document(data, source=source)
+    if reading.problems:
+        raise DefinitionError(reading.problems, source=source)
+    return reading.process
 
 
 def process_from_json(text: str | bytes, *, source: str | None = None) -> Process:
     """Parse JSON text into a validated :class:`Process`; see :func:`process_from_dict`."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        where = f"line {exc.lineno}, column {exc.colno}"
-        raise DefinitionError(
-            [Problem("$", f"not JSON ({where}): {exc.msg}")], source=source
-        ) from None
-    except UnicodeDecodeError as exc:
-        problem = Problem("$", f"not UTF-8 text (byte {exc.start}): {exc.reason}")
-        raise DefinitionError([problem], source=source) from None
-    except RecursionError:
-        problem = Problem("$", "the JSON is nested too deeply")
-        raise DefinitionError([problem], source=source) from None
-    return process_from_dict(data, source=source)
+    from orchestra.serialization._reading import parse_json
+
+    return process_from_dict(parse_json(text, source=source), source=source)
 
 
 def process_to_dict(process: Process) -> dict[str, JSON]:
