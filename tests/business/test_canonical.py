@@ -6,7 +6,10 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from orchestra.engine._commits import ContextText
 from orchestra.engine._common import canonical
 
 
@@ -42,3 +45,46 @@ def test_too_deep_a_value_raises_recursion_error_and_other_values_type_error() -
         canonical(deep)
     with pytest.raises(TypeError):
         canonical({"x": {1, 2}})  # type: ignore[dict-item]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+names = st.text(min_size=1, max_size=6)
+
+
+@given(
+    trigger=json_values,
+    steps=st.lists(st.tuples(names, json_values), max_size=6),
+    events=st.dictionaries(names, json_values, max_size=3),
+    output=st.none() | json_values,
+)
+@settings(max_examples=150, deadline=None)
+def test_a_context_encoded_part_by_part_is_its_canonical_text(
+    trigger: Any, steps: list[tuple[str, Any]], events: dict[str, Any], output: Any
+) -> None:
+    """As a run advances (steps added, one run again, events, an output), the text a
+    ``ContextText`` builds from its remembered parts is always ``canonical``'s."""
+    texts = ContextText()
+    ctx: dict[str, Any] = {"trigger": trigger, "steps": {}, "events": {}}
+    assert texts.encode(ctx) == canonical(ctx)
+    for name, value in steps:
+        ctx["steps"][name] = value  # a name seen before: a step run again, a new object
+        assert texts.encode(ctx) == canonical(ctx)
+    for name, value in events.items():
+        ctx["events"][name] = value
+        assert texts.encode(ctx) == canonical(ctx)
+    if steps:  # a step's outputs replaced by an equal-looking new object
+        name = steps[0][0]
+        ctx["steps"][name] = json.loads(json.dumps(ctx["steps"][name]))
+        assert texts.encode(ctx) == canonical(ctx)
+    if output is not None:
+        ctx["output"] = output
+        assert texts.encode(ctx) == canonical(ctx)
+
+
+def test_a_context_with_a_key_that_is_not_text_is_refused() -> None:
+    with pytest.raises(TypeError, match="context keys must be strings"):
+        ContextText().encode({"trigger": None, "steps": {1: {}}})  # type: ignore[dict-item]

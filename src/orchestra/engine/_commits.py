@@ -26,7 +26,49 @@ if TYPE_CHECKING:
     from orchestra.engine._leases import Held
     from orchestra.stores import Wait
 
-__all__ = ["ContextLimitError", "Writer"]
+__all__ = ["ContextLimitError", "ContextText", "Writer"]
+
+
+class ContextText:
+    """The canonical JSON text of one run's context, each part that cannot change encoded once.
+
+    A context is ``{"trigger", "steps", "events"}`` (and ``"output"`` at the end). The
+    trigger, a step's outputs once the step has ended and an event's payload are never
+    changed in place: a step run again records a new object. So their texts are kept,
+    keyed by the object itself (held here, so that its identity cannot be reused), and a
+    step's commit encodes only the parts that are new, not the whole context again.
+    The text is exactly :func:`~orchestra.engine._common.canonical`'s.
+    """
+
+    __slots__ = ("_parts",)
+
+    def __init__(self) -> None:
+        self._parts: dict[tuple[str, str], tuple[JSON, str]] = {}
+
+    def encode(self, ctx: dict[str, JSON]) -> str:
+        """Return ``canonical(ctx)``, reusing the texts of parts seen before."""
+        out = []
+        for key in sorted(ctx):
+            value = ctx[key]
+            if key in ("steps", "events") and isinstance(value, dict):
+                out.append(f'"{key}":{self._members(key, value)}')
+            else:
+                out.append(self._member("", key, value))
+        return "{" + ",".join(out) + "}"
+
+    def _members(self, section: str, members: dict[str, JSON]) -> str:
+        return "{" + ",".join([self._member(section, n, members[n]) for n in sorted(members)]) + "}"
+
+    def _member(self, section: str, name: str, value: JSON) -> str:
+        """``"name":value`` as canonical JSON text, encoded once per value."""
+        known = self._parts.get((section, name))
+        if known is not None and known[0] is value:
+            return known[1]
+        if not isinstance(name, str):  # the engine names every part; JSON keys are text
+            raise TypeError(f"context keys must be strings, not {type(name).__name__}")
+        text = f"{canonical(name)}:{canonical(value)}"
+        self._parts[(section, name)] = (value, text)
+        return text
 
 
 class Writer:
@@ -35,9 +77,15 @@ class Writer:
     def __init__(self, business: Business) -> None:
         self.b = business
 
-    def fit(self, process: str, step: str, ctx: dict[str, JSON]) -> str:
-        """The context as JSON text; :class:`ContextLimitError` if it is over the limit."""
-        text = canonical(ctx)
+    def fit(
+        self, process: str, step: str, ctx: dict[str, JSON], texts: ContextText | None = None
+    ) -> str:
+        """The context as JSON text; :class:`ContextLimitError` if it is over the limit.
+
+        ``texts`` (one per run being advanced) remembers the text of the context's parts
+        that do not change, so that each step encodes only what it added.
+        """
+        text = canonical(ctx) if texts is None else texts.encode(ctx)
         if len(text) * 4 > self.b.max_context_bytes:  # cheap bound; exact only when it matters
             size = len(text.encode())
             if size > self.b.max_context_bytes:
@@ -89,7 +137,7 @@ class Writer:
         if not create and (held.lost or not leases.fresh(held, now)):
             await leases.ensure(held)
             now = b.now()
-        scrub = b.scrub
+        scrub = b.scrub.active()
         worker = leases.worker_id
         run = RunRecord(
             id=run.id, process=run.process, version=run.version, status=run.status,

@@ -61,6 +61,17 @@ class Scrubber:
             self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
         return self._pattern
 
+    def active(self) -> Callable[[str], str]:
+        """Return a function scrubbing texts with the secrets known now.
+
+        For several texts written together (a commit): the secrets are looked up once,
+        and when there are none the function returned leaves texts as they are.
+        """
+        pattern = self._compile()
+        if pattern is None:
+            return _unchanged
+        return lambda text: pattern.sub(REDACTED, text) if text else text
+
     def __call__(self, text: str) -> str:
         """Return ``text`` with every secret value replaced by ``***``."""
         pattern = self._compile()
@@ -71,3 +82,7 @@ class Scrubber:
     def optional(self, text: str | None) -> str | None:
         """Like calling the scrubber, for ``None`` too."""
         return None if text is None else self(text)
+
+
+def _unchanged(text: str) -> str:
+    return text

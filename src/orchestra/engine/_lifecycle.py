@@ -29,6 +29,7 @@ import anyio.lowlevel
 import attrs
 
 from orchestra._json import JSON
+from orchestra.engine._commits import ContextText
 from orchestra.engine._common import (
     Delivery,
     InboxClaim,
@@ -177,6 +178,7 @@ class Lifecycle:
         # Checkpoints outlive their step only if it failed, or on a takeover.
         drop_all: list[str | None] = [None] if resuming or _checkpointed(process) else []
         last: _Ending | None = None  # the last step's end goes with the run's end
+        texts = ContextText()  # each step encodes only what it adds to the context
         try:
             while run.position < len(steps):
                 if run.id in b.cancelled:
@@ -192,7 +194,9 @@ class Lifecycle:
                         return
                     run = resumed
                     continue
-                ending = await self._step(held, run, process, runner, step, resuming=resuming)
+                ending = await self._step(
+                    held, run, process, runner, step, texts=texts, resuming=resuming
+                )
                 resuming = False  # a step never started has no checkpoints
                 if ending.run.position < len(steps):
                     run = await b.writer.commit(
@@ -204,7 +208,7 @@ class Lifecycle:
                 ctx["output"] = await runner.js(
                     process.output, runner.bindings(""), name="output", step="output"
                 )
-                run = revise(run, context=b.writer.fit(process.name, "output", ctx))
+                run = revise(run, context=b.writer.fit(process.name, "output", ctx, texts))
         except StepError as exc:
             where = step_name(process, run.position) or "output"
             exc.located(process=process.name, step=where, processor=None)
@@ -230,6 +234,7 @@ class Lifecycle:
         runner: StepRunner,
         step: ProcessStep,
         *,
+        texts: ContextText,
         resuming: bool,
     ) -> _Ending:
         """Run a process step; return its end for the caller to commit."""
@@ -281,7 +286,7 @@ class Lifecycle:
             await runner.run(step, done=done)
         if failed:
             raise failed[0]
-        text = b.writer.fit(process.name, step.name, runner.context)
+        text = b.writer.fit(process.name, step.name, runner.context, texts)
         nxt = revise(run, position=run.position + 1, status="running", context=text)
         history: list[Log | HistoryEntry] = []
         if unstarted:
