@@ -814,39 +814,3 @@ async def test_a_run_created_in_a_batch_numbers_its_history_without_a_lookup(
         assert "r3" not in store._seqs
         with pytest.raises(RunNotFoundError):
             await store.get_run("r3")
-
-
-async def test_consecutive_history_entries_go_in_one_insert(tmp_path: Path) -> None:
-    """A batch's run of entries for one run is one INSERT; a taken number falls back."""
-    statements: list[str] = []
-    path = tmp_path / "db.sqlite"
-    async with await SQLiteStore.open(path) as store:
-        async with store.batch() as b:
-            b.create_run(run("r1", owner="w"))
-            b.append_history(HistoryEntry(run_id="r1", kind="run_started", at=1.0))
-        conn = store._conn
-        assert conn is not None
-        conn.set_trace_callback(statements.append)
-        async with store.batch() as b:
-            b.update_run(run("r1", owner="w"), owner="w")
-            b.append_history(HistoryEntry(run_id="r1", kind="step_started", at=2.0, step="a"))
-            b.append_history(HistoryEntry(run_id="r1", kind="step_completed", at=3.0, step="a"))
-        conn.set_trace_callback(None)
-        inserts = [s for s in statements if s.startswith("INSERT INTO orchestra_history")]
-        assert len(inserts) == 1
-        assert [(h.seq, h.kind) for h in await store.history("r1")] == [
-            (1, "run_started"), (2, "step_started"), (3, "step_completed"),
-        ]  # fmt: skip
-        # Another connection appends meanwhile: the numbers this store remembers are
-        # taken; the multi-row INSERT is undone whole and the entries numbered after.
-        other = sqlite3.connect(path, isolation_level=None)
-        other.execute(
-            "INSERT INTO orchestra_history (run_id, seq, kind, at) VALUES ('r1', 4, 'waiting', 4)"
-        )
-        other.close()
-        async with store.batch() as b:
-            b.append_history(HistoryEntry(run_id="r1", kind="step_started", at=5.0, step="b"))
-            b.append_history(HistoryEntry(run_id="r1", kind="step_completed", at=6.0, step="b"))
-        assert [(h.seq, h.kind) for h in await store.history("r1")][3:] == [
-            (4, "waiting"), (5, "step_started"), (6, "step_completed"),
-        ]  # fmt: skip

@@ -378,60 +378,10 @@ _BATCH_OPS: dict[str, Callable[..., object]] = {
 }
 
 
-def _append_histories(
-    conn: sqlite3.Connection, entries: list[HistoryEntry], seqs: dict[str, int]
-) -> None:
-    """Append ``entries`` (in order); one multi-row INSERT when their seqs are known.
-
-    A step's end appends two entries or more to one run: one statement instead of one
-    each saves SQLite a statement's work per entry. If the remembered numbers are
-    unknown or taken (the statement is then undone as a whole), the entries are
-    appended one by one, each reading its number if need be.
-    """
-    run_id = entries[0].run_id
-    seq = seqs.get(run_id)
-    if seq is not None and len(entries) <= _MULTI_MAX and all(e.run_id == run_id for e in entries):
-        values: list[object] = []
-        for i, e in enumerate(entries):
-            values += (run_id, seq + i, e.kind, e.at, e.step, e.detail)
-        try:
-            conn.execute(_insert_histories(len(entries)), values)
-        except sqlite3.IntegrityError as exc:
-            if "UNIQUE" not in str(exc):
-                raise
-            seqs.pop(run_id, None)  # taken by another writer: number them one by one
-        else:
-            _remember(seqs, run_id, seq + len(entries))
-            return
-    for e in entries:
-        _append_history(conn, e, seqs)
-
-
-_MULTI_MAX = 16
-"""At most this many entries go in one multi-row INSERT (a statement is cached per size)."""
-_INSERT_MANY = tuple(
-    _INSERT_HISTORY + ", (?, ?, ?, ?, ?, ?)" * (n - 1) for n in range(1, _MULTI_MAX + 1)
-)
-
-
-def _insert_histories(n: int) -> str:
-    return _INSERT_MANY[n - 1]
-
-
 def _apply_batch(conn: sqlite3.Connection, ops: list[Op], seqs: dict[str, int]) -> None:
-    i, n = 0, len(ops)
-    while i < n:
-        name, args = ops[i]
-        i += 1
+    for name, args in ops:
         if name == "append_history":
-            entries = [args[0]]
-            while i < n and ops[i][0] == "append_history":  # consecutive: one statement
-                entries.append(ops[i][1][0])
-                i += 1
-            if len(entries) == 1:
-                _append_history(conn, entries[0], seqs)  # type: ignore[arg-type]
-            else:
-                _append_histories(conn, entries, seqs)  # type: ignore[arg-type]
+            _append_history(conn, args[0], seqs)  # type: ignore[arg-type]
         elif name == "create_run":
             _create_run(conn, args[0])  # type: ignore[arg-type]
             # A run created now has no history yet (else the insert numbering its first
