@@ -67,7 +67,7 @@ def test_a_context_encoded_part_by_part_is_its_canonical_text(
 ) -> None:
     """As a run advances (steps added, one run again, events, an output), the text a
     ``ContextText`` builds from its remembered parts is always ``canonical``'s."""
-    texts = ContextText()
+    texts = _PartByPart()
     ctx: dict[str, Any] = {"trigger": trigger, "steps": {}, "events": {}}
     assert texts.encode(ctx) == canonical(ctx)
     for name, value in steps:
@@ -85,6 +85,36 @@ def test_a_context_encoded_part_by_part_is_its_canonical_text(
         assert texts.encode(ctx) == canonical(ctx)
 
 
+class _PartByPart(ContextText):
+    SMALL = 0  # every context assembled from its parts, however small
+
+
+def test_a_large_context_is_assembled_from_its_parts() -> None:
+    """Past ``SMALL`` characters, parts seen before are not encoded again."""
+    big = {"items": [{"id": i, "name": f"item {i}"} for i in range(100)]}
+    ctx: dict[str, Any] = {"trigger": big, "steps": {"a": {"p": big}}, "events": {}}
+    texts = ContextText()
+    assert texts.encode(ctx) == canonical(ctx)  # large: the next one goes part by part
+    assert texts.encode(ctx) == canonical(ctx)  # its parts remembered
+    ctx["steps"]["b"] = {"p": [1, 2]}
+    encoded: list[Any] = []
+    import orchestra.engine._commits as commits
+
+    real = commits.canonical
+
+    def spy(value: Any) -> str:
+        encoded.append(value)
+        return real(value)
+
+    commits.canonical = spy  # type: ignore[assignment]
+    try:
+        assert texts.encode(ctx) == canonical(ctx)
+    finally:
+        commits.canonical = real
+    assert big not in encoded and ctx["steps"]["a"] not in encoded
+    assert ctx["steps"]["b"] in encoded
+
+
 def test_a_context_with_a_key_that_is_not_text_is_refused() -> None:
     with pytest.raises(TypeError, match="context keys must be strings"):
-        ContextText().encode({"trigger": None, "steps": {1: {}}})  # type: ignore[dict-item]
+        _PartByPart().encode({"trigger": None, "steps": {1: {}}})  # type: ignore[dict-item]

