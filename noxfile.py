@@ -12,7 +12,7 @@ nox.options.error_on_external_run = True
 nox.options.default_venv_backend = "venv"
 
 ROOT = Path(__file__).parent
-TEST_DEPS = ["pytest>=8", "pytest-timeout", "hypothesis", "aiohttp", "uvicorn"]
+TEST_DEPS = ["pytest>=8", "pytest-timeout", "hypothesis", "aiohttp", "uvicorn", "trio"]
 PYTHON = "3.11"
 
 

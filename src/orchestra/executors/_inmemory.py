@@ -109,7 +109,14 @@ _settling: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = weakref.W
 
 async def _settle() -> None:
     """Yield until no other callback is ready to run (every other task is blocked)."""
-    loop = asyncio.get_running_loop()
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        msg = (
+            "InMemoryExecutor's virtual clock needs the asyncio backend (it reads asyncio's "
+            "ready queue); on trio, use LocalExecutor"
+        )
+        raise RuntimeError(msg) from None
     _settling[loop] = _settling.get(loop, 0) + 1
     try:
         await asyncio.sleep(0)

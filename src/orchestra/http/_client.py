@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from orchestra.http._transport import FastTransport
+from orchestra.http._transport import FastTransport, _on_asyncio
 
 __all__ = ["EngineClient", "default_client"]
 
@@ -26,7 +26,11 @@ class EngineClient(httpx.AsyncClient):
         super().__init__(transport=self.fast_transport, follow_redirects=True)
 
     def short_path(self) -> FastTransport | None:
-        """Return the transport when calls may bypass httpx's client machinery, else ``None``."""
+        """Return the transport when calls may bypass httpx's client machinery, else ``None``.
+
+        Only on asyncio: the short path runs on asyncio streams, while through httpx the
+        transport hands other event loops (trio) to httpx's own transport.
+        """
         hooks = self.event_hooks
         if (
             hooks["request"]
@@ -34,6 +38,7 @@ class EngineClient(httpx.AsyncClient):
             or self.auth is not None
             or self.params
             or self.base_url.raw_host
+            or not _on_asyncio()
         ):
             return None
         return self.fast_transport
