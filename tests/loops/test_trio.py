@@ -191,8 +191,25 @@ async def test_an_http_error_on_trio_is_reported_against_its_processor() -> None
     assert "503" in str(caught.value)
 
 
-async def test_the_in_memory_executor_on_trio_says_it_needs_asyncio() -> None:
+def test_the_in_memory_executor_on_trio_says_it_needs_asyncio() -> None:
+    """Run in a thread of its own: a fresh context, with no asyncio loop of a fixture's."""
+    import threading
+
+    import trio
+
     from orchestra.executors import InMemoryExecutor
 
-    with pytest.raises(RuntimeError, match="needs the asyncio backend"):
-        await InMemoryExecutor().sleep(1.0)
+    raised: list[BaseException] = []
+
+    def main() -> None:
+        try:
+            trio.run(InMemoryExecutor().sleep, 1.0)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            raised.append(exc)
+
+    thread = threading.Thread(target=main)
+    thread.start()
+    thread.join(10)
+    assert len(raised) == 1
+    assert isinstance(raised[0], RuntimeError)
+    assert "needs the asyncio backend" in str(raised[0])

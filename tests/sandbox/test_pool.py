@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -228,6 +229,34 @@ async def test_calls_are_batched_under_load(monkeypatch: pytest.MonkeyPatch) -> 
         assert len(sizes) < 10  # many calls per round trip
 
 
+async def test_lone_call_is_sent_at_once_and_later_ones_join_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sent: list[int] = []
+    send = _pool._Lane.send
+
+    def spy(lane: _pool._Lane, batch: list[_pool._Task]) -> None:
+        sent.append(len(batch))
+        send(lane, batch)
+
+    monkeypatch.setattr(_pool._Lane, "send", spy)
+    async with WorkerSandbox(1, limits=SandboxLimits(spares=0)) as sandbox:
+        await sandbox.evaluate("0", {})
+        sent.clear()
+        call = sandbox.evaluate("1", {})
+        task = asyncio.ensure_future(call)
+        await asyncio.sleep(0)  # the call runs up to its first wait: it is sent by then
+        assert sent == [1]
+        assert await task == 1
+        # Calls made in one turn: the first goes at once, the rest join it at the turn's
+        # end on the same worker (not one by one as each reply comes back).
+        sent.clear()
+        async with anyio.create_task_group() as tg:
+            for i in range(10):
+                tg.start_soon(sandbox.evaluate, "i", {"i": i})
+        assert sent == [1, 9]
+
+
 async def test_hanging_call_among_many_fails_alone() -> None:
     async with WorkerSandbox(1, limits=SandboxLimits(timeout=5, spares=1)) as sandbox:
         await sandbox.evaluate("0", {})
@@ -255,6 +284,78 @@ async def test_hanging_call_among_many_fails_alone() -> None:
         assert await sandbox.evaluate("2", {}) == 2
 
 
+async def test_hung_call_behind_others_fails_at_its_own_deadline() -> None:
+    # The calls before it are answered but their replies wait in the worker (it writes
+    # them in bursts): the worker's progress page still tells which call runs.
+    async with WorkerSandbox(1, limits=SandboxLimits(timeout=5, spares=1)) as sandbox:
+        await sandbox.evaluate("0", {})
+        results: dict[int, object] = {}
+        ended: dict[int, float] = {}
+        start = time.monotonic()
+
+        async def caller(i: int) -> None:
+            try:
+                if i == 3:
+                    await sandbox.evaluate("while (true) {}", {}, timeout=1, name="hang")
+                else:
+                    results[i] = await sandbox.evaluate("i + 1", {"i": i})
+            except StepTimeoutError as exc:
+                results[i] = exc
+            ended[i] = time.monotonic() - start
+
+        async with anyio.create_task_group() as tg:
+            for i in range(6):
+                tg.start_soon(caller, i)
+        assert isinstance(results.pop(3), StepTimeoutError)
+        assert results == {i: i + 1 for i in range(6) if i != 3}
+        # Reported at its deadline, not after a second one on another worker.
+        assert 1 <= ended[3] < 1.8
+
+
+async def test_slow_call_behind_another_gets_its_whole_deadline() -> None:
+    # "a" is done (its reply waits in the worker) when "b" is still running at the
+    # soonest deadline counted from sending: "b" started later, so nothing is killed.
+    async with WorkerSandbox(1, limits=SandboxLimits(timeout=5, spares=1)) as sandbox:
+        await sandbox.evaluate("0", {})
+        (pid,) = [lane.worker.pid for lane in sandbox._lanes]
+        results: dict[str, object] = {}
+
+        async def caller(tag: str) -> None:
+            results[tag] = await sandbox.evaluate(BUSY, {"ms": 300, "tag": tag}, timeout=0.5)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(caller, "a")
+            tg.start_soon(caller, "b")
+        assert results == {"a": "a", "b": "b"}
+        assert [lane.worker.pid for lane in sandbox._lanes] == [pid]
+
+
+async def test_without_progress_page_a_hung_call_still_fails_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No memfd (not Linux): the worker writes each reply at once, so the oldest
+    # unanswered call is the one running.
+    monkeypatch.setattr(_process, "_progress_fd", lambda: None)
+    async with WorkerSandbox(1, limits=SandboxLimits(timeout=5, spares=1)) as sandbox:
+        await sandbox.evaluate("0", {})
+        results: dict[int, object] = {}
+
+        async def caller(i: int) -> None:
+            try:
+                if i == 2:
+                    await sandbox.evaluate("while (true) {}", {}, timeout=0.3, name="hang")
+                else:
+                    results[i] = await sandbox.evaluate("i + 1", {"i": i})
+            except StepTimeoutError as exc:
+                results[i] = exc
+
+        async with anyio.create_task_group() as tg:
+            for i in range(5):
+                tg.start_soon(caller, i)
+        assert isinstance(results.pop(2), StepTimeoutError)
+        assert results == {i: i + 1 for i in range(5) if i != 2}
+
+
 async def test_killed_worker_runs_its_other_calls_again() -> None:
     async with WorkerSandbox(1, limits=SandboxLimits(timeout=5, spares=1)) as sandbox:
         await sandbox.evaluate("0", {})
@@ -262,7 +363,10 @@ async def test_killed_worker_runs_its_other_calls_again() -> None:
         results: dict[str, object] = {}
 
         async def caller(tag: str, ms: int) -> None:
-            results[tag] = await sandbox.evaluate(BUSY, {"ms": ms, "tag": tag})
+            try:
+                results[tag] = await sandbox.evaluate(BUSY, {"ms": ms, "tag": tag})
+            except SandboxError as exc:
+                results[tag] = exc
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(caller, "slow", 300)
@@ -270,7 +374,10 @@ async def test_killed_worker_runs_its_other_calls_again() -> None:
             tg.start_soon(caller, "b", 0)
             await anyio.sleep(0.1)
             os.kill(busy, signal.SIGKILL)
-        assert results == {"slow": "slow", "a": "a", "b": "b"}
+        died = results.pop("slow")  # it was running: the death is its fault, as when alone
+        assert isinstance(died, SandboxError)
+        assert "died (signal 9)" in str(died)
+        assert results == {"a": "a", "b": "b"}
         assert busy not in sandbox.worker_pids
 
 

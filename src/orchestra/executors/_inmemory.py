@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import anyio
 
+from orchestra._loops import asyncio_loop
 from orchestra.executors._base import Executor
 
 __all__ = ["InMemoryExecutor", "VirtualClock"]
@@ -109,9 +110,8 @@ _settling: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = weakref.W
 
 async def _settle() -> None:
     """Yield until no other callback is ready to run (every other task is blocked)."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
+    loop = asyncio_loop()
+    if loop is None:
         msg = (
             "InMemoryExecutor's virtual clock needs the asyncio backend (it reads asyncio's "
             "ready queue); on trio, use LocalExecutor"

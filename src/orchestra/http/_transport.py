@@ -24,6 +24,8 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 import httpx
 
+from orchestra._loops import asyncio_loop
+
 __all__ = ["FastTransport", "RawResponse", "fetch"]
 
 _MAX_HEAD = 64 * 1024
@@ -464,11 +466,7 @@ async def _encode_stream(request: httpx.Request) -> bytes:
 
 
 def _on_asyncio() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # trio, say: httpx's own transport serves it
-        return False
-    return True
+    return asyncio_loop() is not None  # trio, say: httpx's own transport serves it
 
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})

@@ -5,8 +5,12 @@ in FIFO order; a worker with nothing in flight takes every queued request (up to
 in one write, and answers them in order, one reply line each, as each is done. Under
 load this turns many small round trips into a few large ones, which is what costs: on
 a busy machine each wake-up of another process costs far more than running a fragment.
-Deadlines, deaths and cancellation stay per call (see :class:`_Lane`). On other anyio
-backends each call takes a worker for itself (one request in flight per worker).
+Deadlines, deaths and cancellation stay per call (see ``_lane.py``). When calls come
+one at a time (nothing in flight, nothing queued, and the last replies read came one at
+a time) a call is written at once instead of at the end of the loop's turn: there is
+nothing to batch it with, and waiting would put one more turn of the event loop on its
+critical path. On other anyio backends each call takes a worker for itself (one request
+in flight per worker).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from contextlib import asynccontextmanager
 import anyio
 
 from orchestra._json import JSON
+from orchestra._loops import asyncio_loop
 from orchestra.errors import SandboxError, StepTimeoutError
 from orchestra.sandbox._base import EachCall, FragmentCall, Sandbox
 from orchestra.sandbox._codec import (
@@ -32,6 +37,7 @@ from orchestra.sandbox._codec import (
     each_request,
     single,
 )
+from orchestra.sandbox._lane import _CLOSED, _RETRY, _Fault, _Lane, _Task
 from orchestra.sandbox._limits import SandboxLimits
 from orchestra.sandbox._process import WorkerDied, WorkerProcess, max_reply_bytes
 
@@ -42,243 +48,13 @@ _MAX_BATCH = 32
 _MAX_BATCH_BYTES = 1 << 20
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
+_running_loop = asyncio_loop
 
 
 def _label(fragments: Sequence[FragmentCall]) -> str:
     if len(fragments) == 1:
         return f"fragment {fragments[0].name!r}"
     return "batch of fragments " + ", ".join(repr(f.name) for f in fragments)
-
-
-class _Fault:
-    """Why a pipelined call got no reply: it must be retried, it timed out, or the worker died."""
-
-    __slots__ = ("kind", "worker")
-
-    def __init__(self, kind: str, worker: WorkerProcess | None = None) -> None:
-        self.kind = kind  # "retry", "timeout", "died", "closed"
-        self.worker = worker
-
-
-_RETRY = _Fault("retry")
-_CLOSED = _Fault("closed")
-
-
-class _Task:
-    """One pipelined call: its request line and the future its caller awaits."""
-
-    __slots__ = ("data", "fut", "lane", "max_line", "solo", "timeout")
-
-    def __init__(self, data: bytes, timeout: float, max_line: int) -> None:
-        self.data = data
-        self.timeout = timeout
-        self.max_line = max_line
-        self.fut: asyncio.Future[bytes | _Fault] | None = None
-        self.lane: _Lane | None = None
-        self.solo = False  # run it alone: it was in flight when its worker was killed
-
-
-class _Lane:
-    """A ready worker on an asyncio loop, with the calls in flight on it, oldest first.
-
-    Its pipe is watched for the worker's whole life (``loop.add_reader``), so a reply
-    costs one read and no registration. The worker answers in order and writes its
-    replies in bursts (when it has answered all it has read, or every 0.5 ms), so the
-    host knows which calls are done, not which one runs. Deadlines count from the last
-    reply read (or from sending): one lazy timer per lane fires at the soonest deadline
-    of the calls in flight, first reads what is waiting, and if that deadline has passed
-    kills the worker. With one call unanswered, that call fails
-    (:class:`~orchestra.StepTimeoutError`, or :class:`~orchestra.SandboxError` if the
-    worker died); with several, none is blamed and each runs again on its own on
-    another worker, where the guilty one fails alone. The cost falls on the rare failure:
-    a hung call is reported after up to two deadlines.
-    """
-
-    def __init__(self, pool: WorkerSandbox, worker: WorkerProcess) -> None:
-        self.pool = pool
-        self.worker = worker
-        self.loop = asyncio.get_running_loop()
-        self.inflight: collections.deque[_Task] = collections.deque()
-        self.buffer = worker.take_buffer()
-        self.pending = bytearray()  # request bytes not yet written
-        self.started = 0.0  # when the oldest call in flight started
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_at = 0.0
-        self.retiring = False
-        self.closed = False
-        self.to_worker, self.from_worker = worker.fds
-        self.loop.add_reader(self.from_worker, self._on_readable)
-
-    # -- sending -------------------------------------------------------------------------
-
-    def send(self, batch: list[_Task]) -> None:
-        """Write ``batch`` to the worker (which has nothing in flight)."""
-        for task in batch:
-            task.lane = self
-            self.inflight.append(task)
-        self.started = self.loop.time()
-        self._arm(self._deadline())
-        data = batch[0].data if len(batch) == 1 else b"".join(t.data for t in batch)
-        if self.pending:
-            self.pending += data
-            return
-        try:
-            n = os.write(self.to_worker, data)
-        except BlockingIOError:
-            n = 0
-        except OSError:  # the worker is gone; the reader sees its end
-            return
-        if n < len(data):
-            self.pending += data[n:]
-            self.loop.add_writer(self.to_worker, self._on_writable)
-
-    def _on_writable(self) -> None:
-        try:
-            n = os.write(self.to_worker, self.pending)
-        except BlockingIOError:
-            return
-        except OSError:
-            n = len(self.pending)
-        del self.pending[:n]
-        if not self.pending:
-            self.loop.remove_writer(self.to_worker)
-
-    # -- receiving -----------------------------------------------------------------------
-
-    def _on_readable(self) -> None:
-        try:
-            chunk = os.read(self.from_worker, 1 << 16)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        if not chunk:
-            self._lost()
-            return
-        buffer = self.buffer
-        buffer += chunk
-        inflight = self.inflight
-        end = buffer.rfind(b"\n")
-        if end >= 0:
-            lines = bytes(buffer[:end]).split(b"\n")
-            del buffer[: end + 1]
-            account = self.worker.account
-            for line in lines:
-                if not inflight:  # a reply nobody asked for: the worker is broken
-                    self._close(requeue=True)
-                    return
-                try:
-                    reply = account(line)
-                except ValueError:  # not "<rss> <json>": the worker is broken
-                    self._fail_head(_Fault("malformed", self.worker))
-                    return
-                fut = inflight.popleft().fut
-                assert fut is not None
-                if not fut.done():
-                    fut.set_result(reply)
-                if reply[:5] == b'{"e":' and b'"k":"oom"' in reply[:80]:
-                    self._close(requeue=True)  # the engine may be left in a poor state
-                    return
-            self.started = self.loop.time()
-        if inflight:
-            if len(buffer) > inflight[0].max_line:
-                self._fail_head(_Fault("too large", self.worker))
-            elif end >= 0:
-                self._arm(self._deadline())
-        elif buffer:  # a reply nobody asked for: the worker is broken
-            self._close(requeue=True)
-        else:
-            self.pool._lane_idle(self)
-
-    def drained(self) -> bool:
-        """Whether the lane has nothing in flight."""
-        return not self.inflight
-
-    # -- deadlines -----------------------------------------------------------------------
-
-    def _deadline(self) -> float:
-        """When the worker must have answered again: the soonest deadline in flight.
-
-        Replies come in bursts, so which call runs is not known; the call with the
-        soonest deadline may run now. Past it the worker is killed and, if several calls
-        were unanswered, each runs again on its own (see :meth:`_fail_head`).
-        """
-        return self.started + min(t.timeout for t in self.inflight)
-
-    def _arm(self, at: float) -> None:
-        if self.timer is not None:
-            if self.timer_at <= at:
-                return
-            self.timer.cancel()
-        self.timer_at = at
-        self.timer = self.loop.call_at(at, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self.timer = None
-        if self.closed:
-            return
-        self._on_readable()  # replies that came in while the loop was busy count
-        if self.closed or not self.inflight:
-            return
-        deadline = self._deadline()
-        if self.loop.time() < deadline:
-            self._arm(deadline)
-            return
-        self._fail_head(_Fault("timeout", self.worker))
-
-    # -- ending --------------------------------------------------------------------------
-
-    def _fail_head(self, fault: _Fault) -> None:
-        """The running call failed with ``fault``; the worker is killed, the rest retried.
-
-        The worker writes replies in bursts, so with several calls unanswered the one
-        running is not known: then none is blamed, all run again, each on its own, and
-        the guilty one fails there.
-        """
-        if len(self.inflight) > 1 and fault.kind in ("timeout", "died"):
-            for task in self.inflight:
-                task.solo = True
-            self._close(requeue=True)
-            return
-        head = self.inflight.popleft()
-        assert head.fut is not None
-        reported = not head.fut.done()
-        if reported:
-            head.fut.set_result(fault)
-        for task in self.inflight:
-            task.solo = True
-        self._close(requeue=True, keep_pipes=reported and fault.kind == "died")
-
-    def _lost(self) -> None:
-        """The worker closed its end: it died. Its running call gets the news."""
-        if self.inflight:
-            self._fail_head(_Fault("died", self.worker))
-        else:
-            self._close(requeue=True)
-
-    def _close(self, *, requeue: bool, keep_pipes: bool = False) -> None:
-        """Stop using the worker; kill it unless ``keep_pipes`` (its caller reads stderr)."""
-        if self.closed:
-            return
-        self.closed = True
-        self.loop.remove_reader(self.from_worker)
-        if self.pending:
-            self.loop.remove_writer(self.to_worker)
-            self.pending.clear()
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        for task in self.inflight:
-            assert task.fut is not None
-            if not task.fut.done():
-                task.fut.set_result(_RETRY if requeue else _CLOSED)
-        self.inflight.clear()
-        self.pool._lane_closed(self, keep_pipes=keep_pipes)
 
 
 class WorkerSandbox(Sandbox):
@@ -326,6 +102,11 @@ class WorkerSandbox(Sandbox):
         self._lanes: list[_Lane] = []
         self._starting = 0
         self._dispatching = False
+        # Whether the last replies read came one at a time: if so, and nothing is in
+        # flight, a call is sent at once (under load replies come in bursts, and calls
+        # made in one turn of the loop are sent together at its end).
+        self._alone = True
+        self._eager: _Lane | None = None  # took a call at once in this turn of the loop
         self._loop: asyncio.AbstractEventLoop | None = None
         self._max_line: dict[int, int] = {}  # longest reply, by fragments in the batch
         self._killed: set[WorkerProcess] = set()  # killed, not yet reaped
@@ -431,11 +212,7 @@ class WorkerSandbox(Sandbox):
         if max_line is None:
             max_line = self._max_line[n] = max_reply_bytes(self.limits, n)
         if self._pipelined is None:
-            try:
-                asyncio.get_running_loop()
-                self._pipelined = hasattr(asyncio.get_running_loop(), "add_reader")
-            except RuntimeError:
-                self._pipelined = False
+            self._pipelined = hasattr(asyncio_loop(), "add_reader")
         if not self._pipelined:
             return await self._single_call(request, fragments, deadline, max_line)
         # -- pipelined mode (asyncio), inline: this runs for every call --
@@ -449,23 +226,33 @@ class WorkerSandbox(Sandbox):
                 raise SandboxError("the sandbox is closed")
             fut: asyncio.Future[bytes | _Fault] = loop.create_future()
             task.fut, task.lane = fut, None
-            if retry:  # it has waited its turn already
-                self._queue.appendleft(task)
+            lane = None
+            if self._alone and not self._queue and not self._dispatching:
+                lane = self._quiet_lane()
+            if lane is not None:  # calls come one at a time: nothing to batch it with
+                lane.send([task])
+                # If more calls come in this turn after all, they are shared out at its
+                # end with this lane too, as if they had come together.
+                self._eager = lane
+                self._soon()
             else:
-                self._queue.append(task)
-            self._soon()
-            if len(self._lanes) + self._starting < self.size and not self._has_idle_lane():
-                try:
-                    await self._add_lane()
-                except Exception:
-                    if task.lane is None:  # nobody took the call: the failure is its answer
-                        with contextlib.suppress(ValueError):
-                            self._queue.remove(task)
-                        fut.cancel()
+                if retry:  # it has waited its turn already
+                    self._queue.appendleft(task)
+                else:
+                    self._queue.append(task)
+                self._soon()
+                if len(self._lanes) + self._starting < self.size and not self._has_idle_lane():
+                    try:
+                        await self._add_lane()
+                    except Exception:
+                        if task.lane is None:  # nobody took it: the failure is its answer
+                            with contextlib.suppress(ValueError):
+                                self._queue.remove(task)
+                            fut.cancel()
+                            raise
+                    except BaseException:
+                        await self._settle(task)
                         raise
-                except BaseException:
-                    await self._settle(task)
-                    raise
             try:
                 result = await fut
             except asyncio.CancelledError:
@@ -503,8 +290,9 @@ class WorkerSandbox(Sandbox):
     async def _settle(self, task: _Task) -> None:
         """The caller of ``task`` is leaving early (cancelled): take the task back.
 
-        Queued: dropped. Running on a worker: the worker is killed (the calls behind it
-        run again elsewhere). Sent but not started: left to run, its reply ignored.
+        Queued: dropped. Running on a worker: the worker is killed (the other calls on it
+        run again elsewhere). Sent but not started, or done with its reply not yet read:
+        left alone, its reply ignored.
         """
         lane = task.lane
         fut = task.fut
@@ -520,12 +308,16 @@ class WorkerSandbox(Sandbox):
             with contextlib.suppress(ValueError):
                 self._queue.remove(task)
             return
-        if lane.closed or not lane.inflight or lane.inflight[0] is not task:
+        if lane.closed or task not in lane.inflight:
+            return
+        running = lane.running()
+        index = lane.inflight.index(task)
+        if index != (0 if running is None else running[0]):
             return
         if not fut.done():
             fut.cancel()
         worker = lane.worker
-        lane._fail_head(_Fault("cancelled", worker))
+        lane._fail(index, _Fault("cancelled", worker))
         await worker.reap()
         self._killed.discard(worker)
 
@@ -555,6 +347,7 @@ class WorkerSandbox(Sandbox):
             self._all.discard(worker)
         self._spares.clear()
         self._dispatching = False
+        self._eager = None
 
     def _soon(self) -> None:
         """Dispatch at the end of this turn of the event loop, with all calls made in it."""
@@ -563,15 +356,25 @@ class WorkerSandbox(Sandbox):
             asyncio.get_running_loop().call_soon(self._dispatch)
 
     def _dispatch(self) -> None:
-        """Hand queued calls to workers with nothing in flight, shared out evenly."""
+        """Hand queued calls to workers with nothing in flight, shared out evenly.
+
+        A lane that took a call at once in this turn (``_eager``) counts as having
+        nothing in flight: the calls are shared out as if they had all come together.
+        """
         self._dispatching = False
+        eager, self._eager = self._eager, None
         queue = self._queue
         if not queue:
             return
-        idle = [lane for lane in self._lanes if not lane.inflight and not lane.retiring]
+        idle = [
+            lane
+            for lane in self._lanes
+            if (not lane.inflight or lane is eager) and not lane.retiring and not lane.closed
+        ]
         for n, lane in enumerate(idle):
             share = -(-len(queue) // (len(idle) - n))  # ceil: later lanes take the rest
-            room = min(share, _MAX_BATCH, self.limits.max_calls_per_worker - lane.worker.calls)
+            left = self.limits.max_calls_per_worker - lane.worker.calls - len(lane.inflight)
+            room = min(share, _MAX_BATCH - len(lane.inflight), left)
             batch: list[_Task] = []
             size = 0
             while queue and len(batch) < room and size < _MAX_BATCH_BYTES:
@@ -580,13 +383,9 @@ class WorkerSandbox(Sandbox):
                 if task.fut.done():  # its caller left
                     queue.popleft()
                     continue
-                if task.solo and batch:
-                    break
                 queue.popleft()
                 batch.append(task)
                 size += len(task.data)
-                if task.solo:
-                    break
             if batch:
                 lane.send(batch)
             if not queue:
@@ -610,7 +409,24 @@ class WorkerSandbox(Sandbox):
                 task.fut.set_result(_RETRY)
                 return
 
+    def _quiet_lane(self) -> _Lane | None:
+        """A lane to send a call to at once: one, if no lane has anything in flight."""
+        found = None
+        for lane in self._lanes:
+            if lane.inflight:
+                return None
+            if found is None and not lane.retiring:
+                found = lane
+        return found
+
     def _has_idle_lane(self) -> bool:
+        """Whether a lane will take queued calls at the end of this turn of the loop.
+
+        The lane that took a call at once in this turn counts (see :meth:`_dispatch`):
+        it takes the calls that follow, with no need for one more worker.
+        """
+        if self._eager is not None:
+            return True
         return any(not lane.inflight and not lane.retiring for lane in self._lanes)
 
     def _lane_idle(self, lane: _Lane) -> None:
@@ -629,6 +445,8 @@ class WorkerSandbox(Sandbox):
     def _lane_closed(self, lane: _Lane, *, keep_pipes: bool) -> None:
         with contextlib.suppress(ValueError):
             self._lanes.remove(lane)
+        if self._eager is lane:  # it will take nothing more
+            self._eager = None
         self._wake_spawner()
         worker = lane.worker
         if keep_pipes:  # the caller that gets the news kills it

@@ -1,20 +1,29 @@
 """One worker process of the pool: start it, frame requests over its pipes, kill it.
 
 The pipes are plain non-blocking file descriptors. Frames are lines: the request is one
-line of ASCII JSON; the reply is ``<peak RSS KiB> <JSON>``. A worker answers requests in
+line of ASCII JSON; the reply is ``<RSS KiB> <JSON>``. A worker answers requests in
 the order it got them, one reply line each, written as soon as it is ready, so several
-requests may be in flight on one worker (the pool's pipelining, ``_pool.py``).
+requests may be in flight on one worker (the pool's pipelining, ``_lane.py``).
 :meth:`WorkerProcess.call` is the one-request-at-a-time path, on any anyio backend.
+
+Each worker also shares one small *progress* page with the host (a memfd, mapped by
+both): before a request runs the worker writes the clock and how many requests it has
+started, after it how many it has finished. Writing it costs no system call and wakes
+nobody; the host reads it only when a deadline passes or the worker dies, to know which
+of several unanswered requests was running, and since when (see :meth:`progress`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import math
+import mmap
 import os
 import re
 import signal
+import struct
 import sys
 from pathlib import Path
 
@@ -30,6 +39,10 @@ _WORKER_SCRIPT = Path(__file__).with_name("_worker.py")
 _CHUNK = 1 << 16
 _STDERR_TAIL = 2000
 _OOM_TEXT = re.compile(r"\boom\b|out of memory", re.IGNORECASE)
+# The progress page: requests started, requests finished, clock when the last one started
+# (time.monotonic, the same clock in every process), in native byte order (the worker
+# writes it through memoryviews, see _worker.py).
+_PROGRESS = struct.Struct("=qqd")
 
 
 class WorkerDied(SandboxError):
@@ -40,6 +53,29 @@ def max_reply_bytes(limits: SandboxLimits, fragments: int) -> int:
     """The longest reply line a batch of ``fragments`` may take."""
     # Each result holds at most max_output_chars code units, each escaped to <= 6 bytes.
     return 6 * limits.max_output_chars * max(1, fragments) + (1 << 20)
+
+
+def _progress_fd() -> int | None:
+    """A fresh memfd of ``_PROGRESS.size`` bytes for one worker's progress page, or None.
+
+    Sealed at that size: the worker can write it but not shrink it, so the host can never
+    fault reading its mapping, whatever the worker does. Without memfd seals (not Linux)
+    there is no page and the worker writes each reply at once instead (see _worker.py).
+    """
+    if not hasattr(os, "memfd_create") or not hasattr(fcntl, "F_ADD_SEALS"):
+        return None  # pragma: no cover - not Linux
+    try:
+        fd = os.memfd_create("orchestra-progress", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    except OSError:  # pragma: no cover - a kernel without memfd
+        return None
+    try:
+        os.ftruncate(fd, _PROGRESS.size)
+        seals = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    except OSError:  # pragma: no cover - a kernel without seals
+        os.close(fd)
+        return None
+    return fd
 
 
 def _engine_dir() -> str:
@@ -57,10 +93,15 @@ class WorkerProcess:
     """
 
     def __init__(
-        self, process: anyio.abc.Process, fds: tuple[int, int, int], limits: SandboxLimits
+        self,
+        process: anyio.abc.Process,
+        fds: tuple[int, int, int],
+        limits: SandboxLimits,
+        page: mmap.mmap | None = None,
     ) -> None:
         self._process = process
         self._to_worker, self._from_worker, self._stderr = fds
+        self._page = page
         self._limits = limits
         self._buffer = bytearray()
         self._ready = False
@@ -81,23 +122,38 @@ class WorkerProcess:
             str(limits.memory_bytes),
             str(limits.max_output_chars),
         ]
+        page_fd = _progress_fd()
+        page = None
+        if page_fd is not None:
+            page = mmap.mmap(page_fd, _PROGRESS.size, access=mmap.ACCESS_READ)
+            command.append(str(page_fd))
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
             process = await anyio.open_process(
-                command, stdin=in_r, stdout=out_w, stderr=err_w, cwd="/", env={"TZ": "UTC"}
+                command,
+                stdin=in_r,
+                stdout=out_w,
+                stderr=err_w,
+                cwd="/",
+                env={"TZ": "UTC"},
+                pass_fds=() if page_fd is None else (page_fd,),
             )
         except OSError as exc:
             for fd in (in_w, out_r, err_r):
                 os.close(fd)
+            if page is not None:
+                page.close()
             raise SandboxError(f"cannot start a sandbox worker: {exc}") from exc
         finally:
             for fd in (in_r, out_w, err_w):
                 os.close(fd)
+            if page_fd is not None:
+                os.close(page_fd)
         for fd in (in_w, out_r, err_r):
             os.set_blocking(fd, False)
-        return cls(process, (in_w, out_r, err_r), limits)
+        return cls(process, (in_w, out_r, err_r), limits, page)
 
     @property
     def pid(self) -> int:
@@ -157,8 +213,26 @@ class WorkerProcess:
             raise StepTimeoutError(f"ran past its deadline of {timeout:g} s; the worker was killed")
         return self.account(line)
 
+    def progress(self) -> tuple[int, int, float] | None:
+        """What the worker's progress page says: requests started, finished, and since when.
+
+        ``(started, finished, since)``: a request is running when ``started > finished``,
+        the ``started``-th one this worker got, since ``since`` (``time.monotonic``).
+        ``None`` when the page cannot be trusted: it changed while being read (the worker
+        is moving on), or holds nonsense.
+        """
+        if self._page is None or self._page.closed:
+            return None
+        first = _PROGRESS.unpack_from(self._page)
+        if _PROGRESS.unpack_from(self._page) != first:
+            return None
+        started, finished, since = first
+        if not 0 <= finished <= started or not math.isfinite(since):
+            return None
+        return started, finished, since
+
     def account(self, line: bytes) -> bytes:
-        """Count one reply line ``<peak RSS KiB> <JSON>`` and return its JSON."""
+        """Count one reply line ``<RSS KiB> <JSON>`` and return its JSON."""
         self.calls += 1
         rss, _, reply = line.partition(b" ")
         self.rss_bytes = int(rss) * 1024
@@ -242,6 +316,8 @@ class WorkerProcess:
         for fd in (self._to_worker, self._from_worker, self._stderr):
             anyio.notify_closing(fd)
             os.close(fd)
+        if self._page is not None:
+            self._page.close()
 
     async def reap(self) -> None:
         """Wait until the killed process has exited (shielded from cancellation)."""

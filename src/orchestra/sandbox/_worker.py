@@ -2,16 +2,18 @@
 
 Run by :class:`~orchestra.sandbox.WorkerSandbox` as::
 
-    python -I -S _worker.py PYTHONMONKEY_DIR MEMORY_BYTES MAX_OUTPUT_CHARS
+    python -I -S _worker.py PYTHONMONKEY_DIR MEMORY_BYTES MAX_OUTPUT_CHARS [PROGRESS_FD]
 
 It imports nothing but the standard library and PythonMonkey's extension module itself
 (loaded by path, so none of PythonMonkey's Python layer, ``require``, timers or
 XMLHttpRequest is ever defined). It applies resource limits, hardens the engine
 (``_lockdown.js``), writes ``ready`` and then answers one line per request line, in
-order: ``<peak RSS in KiB> <reply JSON>``. Replies are written together once every
+order: ``<resident memory in KiB> <reply JSON>``. Replies are written together once every
 request read so far is answered, or when the oldest unsent one is 0.5 ms old.
 Fragments cannot reach anything but plain ECMAScript; the parent enforces deadlines by
-killing this process.
+killing this process. ``PROGRESS_FD`` is the progress page shared with the parent
+(``_process.py``): requests started, finished, and the clock when the last one started,
+so that the parent knows which request runs although replies wait to be written.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import json
+import mmap
 import os
 import resource
 import sys
@@ -74,6 +77,11 @@ def _limit(memory_bytes: int) -> None:
 # or until the oldest waiting one is this old (seconds), or this large (bytes).
 _FLUSH_AFTER = 0.0005
 _FLUSH_BYTES = 1 << 20
+# Resident memory is read (a system call) at most this often (seconds), at the start of
+# a burst of replies: the host recycles a worker that grew too large (max_rss_bytes) at
+# worst this much later, and a worker answering one call at a time saves a system call
+# per call. The hard cap, RLIMIT_DATA, is the kernel's and is unaffected.
+_RSS_EVERY = 0.001
 
 
 def _rss_reader() -> Callable[[], int]:
@@ -91,9 +99,29 @@ def _rss_reader() -> Callable[[], int]:
     return lambda: int(pread(fd, 128, 0).split()[1]) * page_kib
 
 
-def _serve(run: Callable[[str], str]) -> None:
+def _progress(fd: int | None) -> tuple[memoryview[int], memoryview[float]]:
+    """The progress page (see ``_process.py``) as views of its counts and of its clock.
+
+    ``counts[0]``: requests started, ``counts[1]``: requests finished, ``clock[2]``: when
+    the last one started. Without a page (``fd`` is None) the views are of private memory.
+    """
+    page: mmap.mmap | bytearray = bytearray(24) if fd is None else mmap.mmap(fd, 24)
+    if fd is not None:
+        os.close(fd)
+    view = memoryview(page)
+    return view.cast("q"), view.cast("d")
+
+
+def _serve(
+    run: Callable[[str], str],
+    progress: tuple[memoryview[int], memoryview[float]],
+    flush_after: float,
+) -> None:
     current_rss = _rss_reader()
     clock = time.monotonic
+    counts, started_at = progress
+    served = 0
+    rss_at = -_RSS_EVERY
     _write(b"0 ready\n")
     buffer = bytearray()
     start = 0
@@ -117,6 +145,11 @@ def _serve(run: Callable[[str], str]) -> None:
         line = buffer[:end].decode("utf-8")
         del buffer[: end + 1]
         start = 0
+        served += 1
+        # The clock first, then the count that points at it: whatever the parent reads
+        # in between, it never pairs a request with a later start than its own.
+        started_at[2] = clock()
+        counts[0] = served
         try:
             reply = str(run(line))
         except RuntimeError:  # PythonMonkey wanted an event loop for a Promise job
@@ -129,13 +162,16 @@ def _serve(run: Callable[[str], str]) -> None:
                 reply = _error("out of memory", "oom", _index(run))
             else:
                 reply = _error("sandbox: " + text, "script", _index(run))
-        if not pending:  # peak RSS once per burst of replies
-            since = clock()
-            rss = current_rss()
+        counts[1] = served
+        done = clock()
+        if not pending:
+            since = done
+            if done - rss_at >= _RSS_EVERY:
+                rss_at = done
+                rss = current_rss()
         pending.append(b"%d %s\n" % (rss, reply.encode("utf-8", "replace")))
-        data = pending[-1]
-        size += len(data)
-        if size >= _FLUSH_BYTES or clock() - since >= _FLUSH_AFTER:
+        size += len(pending[-1])
+        if size >= _FLUSH_BYTES or done - since >= flush_after:
             _write(b"".join(pending))
             pending.clear()
             size = 0
@@ -159,13 +195,18 @@ def main(argv: list[str]) -> None:
     """Start the engine, harden it, and serve requests until stdin closes."""
     _die_with_parent()
     package_dir, memory_bytes, max_output = argv[1], int(argv[2]), int(argv[3])
+    page = int(argv[4]) if len(argv) > 4 else None
+    progress = _progress(page)
+    # Without a progress page the parent knows which request runs only if each reply is
+    # written as soon as it is ready.
+    flush_after = _FLUSH_AFTER if page is not None else 0.0
     pm = _load_engine(package_dir)
     here = Path(__file__).parent
     runner = pm.eval((here / "_runner.js").read_text("utf-8"))(float(max_output))
     lockdown = pm.eval((here / "_lockdown.js").read_text("utf-8"))
     lockdown()
     _limit(memory_bytes)
-    _serve(runner)
+    _serve(runner, progress, flush_after)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 
+from orchestra._loops import asyncio_loop
 from orchestra.errors import ConflictError, RunNotFoundError
 from orchestra.stores._base import (
     CheckpointRecord,
@@ -431,10 +432,7 @@ class _AbortGroup(Exception):
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
     """The running asyncio loop, or ``None`` under another backend (trio)."""
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
+    return asyncio_loop()
 
 
 def _nothing_ready(loop: asyncio.AbstractEventLoop) -> bool:
