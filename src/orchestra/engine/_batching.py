@@ -1,15 +1,17 @@
 """How a processor's fragments become sandbox round trips: which bindings, which batches.
 
 A processor's fragments are batched (:func:`plan_of`); a ``for_each`` can build its items'
-requests in the round trip of its list (:func:`each_of`); and a processor that waits only for
-another can run its first batch with that one's ``output`` (:func:`chain_of`, :class:`Flow`).
+requests in the round trip of its list (:func:`each_of`); a processor that waits only for
+another can run its first batch with that one's ``output`` (:func:`chain_of`,
+:func:`joined`). All of it is decided per processor, once, and cached. While a step runs,
+:mod:`._flow` tracks what can go together and :mod:`._outputs` sends it; batches that
+only read data are answered in the host instead (:mod:`._quick`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Mapping, Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
 
 import attrs
 
@@ -21,13 +23,12 @@ __all__ = [
     "BINDINGS",
     "ITEM",
     "Chain",
-    "Finished",
-    "Flow",
     "Plan",
     "chain_of",
     "each_of",
     "joined",
     "pick",
+    "plain",
     "plan_of",
     "union",
     "uses",
@@ -252,48 +253,11 @@ def joined(
     return fragments, names
 
 
-class Finished(Protocol):
-    """An event set when a processor has ended (``asyncio.Event`` or ``anyio.Event``)."""
-
-    def wait(self) -> Awaitable[object]:
-        """Wait until the processor has ended."""
-        ...
-
-
-@attrs.define
-class Flow:
-    """What chaining needs of a running step: who waits for whom, what is done."""
-
-    outputs: dict[str, JSON]
-    dependents: dict[str, list[Processor]]
-    finished: Mapping[str, Finished]
-    prefetched: dict[str, tuple[list[JSON], list[list[JSON]] | None]] = attrs.Factory(dict)
-    sending: set[str] = attrs.Factory(set)
-    """Processors whose ``output`` round trip is under way."""
-
-    def next_of(self, p: Processor) -> tuple[Processor, Chain, list[str]] | None:
-        """A processor whose first round trip can join ``p``'s output, and what to await first.
-
-        It must wait for nothing but ``p`` and outputs already under way (those are
-        returned: they end without waiting for anything, and then the chain can go).
-        """
-        plain = _PLAIN.get(p.name)
-        if plain is None:
-            if len(_PLAIN) >= _CACHE_SIZE:
-                _PLAIN.clear()
-            plain = _PLAIN[p.name] = _IDENTIFIER_FULL.match(p.name) is not None
-        if not plain:
-            return None
-        for d in self.dependents.get(p.name, ()):
-            if d.name in self.outputs or d.script_timeout != p.script_timeout:
-                continue
-            others = [n for n in d.needs if n != p.name and n not in self.outputs]
-            if all(n in self.sending for n in others):
-                chain = chain_of(d)
-                if chain is not None:
-                    return d, chain, others
-        return None
-
-    def ready(self, p: Processor, d: Processor) -> bool:
-        """Whether ``d`` still waits only for ``p``."""
-        return d.name not in self.outputs and all(n == p.name or n in self.outputs for n in d.needs)
+def plain(name: str) -> bool:
+    """Whether a processor's name is an identifier (so ``out.<name>`` can be a bind)."""
+    plain = _PLAIN.get(name)
+    if plain is None:
+        if len(_PLAIN) >= _CACHE_SIZE:
+            _PLAIN.clear()
+        plain = _PLAIN[name] = _IDENTIFIER_FULL.match(name) is not None
+    return plain

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from orchestra._json import JSON
-from orchestra.engine._steps import Action, Function, StepRunner, truthy
+from orchestra.engine._steps import Action, Function, StepRunner, truthy, uses
 from orchestra.engine._trace import ProcessorTrace, Request, Result
 from orchestra.errors import DefinitionError, Problem, ScriptError
 from orchestra.executors import Executor, LocalExecutor
@@ -276,8 +276,10 @@ class Engine:
         runner = self.runner(process, context)
         trace: list[ProcessorTrace] = []
         last: str | None = None
+        tail = _tail(process)
         for step in process.steps:
             assert isinstance(step, ProcessStep)
+            runner.tail = tail if step is process.steps[-1] else None
             if step.when is not None and not truthy(
                 await runner.js(
                     step.when, runner.bindings(step.name), name=f"{step.name}.when", step=step.name
@@ -295,6 +297,8 @@ class Engine:
         assert isinstance(steps, dict)
         if process.output is None:
             return steps.get(last) if last else None
+        if runner.payload is not None:  # it ran with the last output (see ``_tail``)
+            return runner.payload[0]
         bindings = runner.bindings(last or "")
         return await runner.js(process.output, bindings, name="output", step="output")
 
@@ -329,6 +333,21 @@ class Engine:
                 await stack.aclose()
         finally:
             await self.aclose()
+
+
+def _tail(process: Process) -> str | None:
+    """The process's output if it may run in the round trip of the last step's last output.
+
+    It must read only ``trigger`` and ``out`` (``ctx`` would be a step behind in that round
+    trip), and the sandbox must run a batch in one round trip (else nothing is gained).
+    """
+    source = process.output
+    if source is None or "$" in source:
+        return None
+    names = uses(source)
+    if names is None or not {"trigger", "out"}.issuperset(names):
+        return None
+    return source
 
 
 def _worker_id() -> str:

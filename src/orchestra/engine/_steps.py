@@ -1,69 +1,48 @@
-"""Running one process step: its processors as a dependency graph, concurrently."""
+"""Running one process step: its processors as a dependency graph, concurrently.
+
+:class:`StepRunner` runs each processor: its batches of fragments, its call, its
+``output``. The parts live in their own modules: how fragments are batched
+(:mod:`._batching`), batches the host answers itself (:mod:`._quick`), outputs sent with
+other fragments (:mod:`._outputs`, with :mod:`._flow`), functions and actions
+(:mod:`._functions`), and running coroutines concurrently (:mod:`._tasks`).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import inspect
-import json
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping
 
 import anyio
 import attrs
 import httpx
 
 from orchestra._json import JSON
-from orchestra.engine._batching import (
-    Chain,
-    Flow,
-    Plan,
-    joined,
-    pick,
-    plan_of,
-    uses,
+from orchestra.engine._batching import Plan, pick, plan_of, uses
+from orchestra.engine._flow import Flow
+from orchestra.engine._functions import Action, ActionContext, Function, run_call
+from orchestra.engine._outputs import (
+    JOINT_ITEMS,
+    body_size,
+    chained,
+    item_outputs,
+    joint_ok,
+    leave,
+    tail_of,
+    with_tail,
 )
+from orchestra.engine._quick import clean, host_answer, output_limit, quick_of
+from orchestra.engine._tasks import Group, limiter
+from orchestra.engine._tasks import on_asyncio as _native
 from orchestra.engine._trace import ProcessorTrace, Status
-from orchestra.errors import (
-    ActionError,
-    DefinitionError,
-    Problem,
-    ScriptError,
-    StepError,
-    StepTimeoutError,
-)
+from orchestra.errors import ScriptError, StepError
 from orchestra.executors import Executor
 from orchestra.http import RequestParts, TokenCache, perform
-from orchestra.model import ActionCall, FunctionCall, HttpCall, Processor, ProcessStep
+from orchestra.model import HttpCall, Processor, ProcessStep
 from orchestra.sandbox import EachCall, FragmentCall, RawJSON, Sandbox
 
-__all__ = ["Action", "ActionContext", "Checkpoint", "StepRunner", "truthy", "uses"]
+__all__ = ["Action", "ActionContext", "Checkpoint", "Function", "StepRunner", "truthy", "uses"]
 
-Function = Callable[[JSON], JSON | Awaitable[JSON]]
 Checkpoint = Callable[[ProcessorTrace, JSON], Awaitable[None]]
-
-
-@attrs.frozen(kw_only=True)
-class ActionContext:
-    """What a host-provided :class:`Action` gets besides its parameters and input.
-
-    ``run_id`` is the id of the run (``"local"`` for :meth:`~orchestra.Engine.invoke`).
-    """
-
-    process: str
-    step: str
-    processor: str
-    client: httpx.AsyncClient
-    executor: Executor
-    secrets: Mapping[str, str]
-    run_id: str = "local"
-
-
-class Action(Protocol):
-    """A kind of action hosts add (``{"type": "action", "kind": ...}``)."""
-
-    async def __call__(self, call: ActionCall, input: JSON, context: ActionContext) -> JSON:
-        """Run the action and return its JSON result; raise to fail the processor."""
-        ...
 
 
 def truthy(value: JSON) -> bool:
@@ -73,61 +52,6 @@ def truthy(value: JSON) -> bool:
     return bool(value)
 
 
-def _native() -> bool:
-    """Whether the running event loop is asyncio's (then asyncio's cheaper primitives serve)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
-class _Group:
-    """Runs coroutines concurrently until all have ended; :meth:`cancel` stops the rest.
-
-    On asyncio these are plain tasks in an ``asyncio.TaskGroup`` (a fifth of the cost of
-    an anyio task group per task); on other event loops, an anyio task group.
-    """
-
-    __slots__ = ("_native", "_scope", "_tasks")
-
-    def __init__(self, native: bool) -> None:
-        self._native = native
-        self._tasks: list[asyncio.Task[None]] = []
-        self._scope: anyio.CancelScope | None = None
-
-    def cancel(self) -> None:
-        """Cancel every coroutine of the group but the one calling."""
-        if self._scope is not None:
-            self._scope.cancel()
-            return
-        current = asyncio.current_task()
-        for task in self._tasks:
-            if task is not current:
-                task.cancel()
-
-    async def run(self, coros: list[Coroutine[Any, Any, None]]) -> None:
-        """Run ``coros`` and return when all have ended."""
-        if not coros:
-            return
-        if self._native:
-            async with asyncio.TaskGroup() as tg:
-                self._tasks = [tg.create_task(c) for c in coros]
-            return
-        async with anyio.create_task_group() as atg:
-            self._scope = atg.cancel_scope
-            for c in coros:
-                atg.start_soon(_wait, c)
-
-
-async def _wait(coro: Coroutine[Any, Any, None]) -> None:
-    await coro
-
-
-def _limiter(n: int, native: bool) -> asyncio.Semaphore | anyio.CapacityLimiter:
-    return asyncio.Semaphore(n) if native else anyio.CapacityLimiter(n)
-
-
 @attrs.define
 class _Outcome:
     output: JSON = None
@@ -135,6 +59,8 @@ class _Outcome:
     http_status: int | None = None
     raw: RawJSON | None = None
     """The body left undecoded for ``output`` (``output`` is then ``None``)."""
+    size: int = 0
+    """The body's length, when known (see :data:`~._outputs.ECHO_MAX`)."""
 
 
 @attrs.define(kw_only=True)
@@ -151,7 +77,18 @@ class StepRunner:
     functions: Mapping[str, Function]
     actions: Mapping[str, Action]
     run_id: str = "local"
-    _native: bool = attrs.field(default=True, init=False)
+    native: bool = attrs.field(default=True, init=False)
+    """Whether the step runs on asyncio (set by :meth:`run`)."""
+    _clean: bool | None = attrs.field(default=None, init=False)
+    """Whether the trigger is data the sandbox takes unchanged (found out on first use)."""
+    _limit: int | None = attrs.field(default=None, init=False)
+    """The sandbox's :func:`output_limit` (found out with :attr:`_clean`)."""
+    tail: str | None = None
+    """The process's ``output`` fragment, to run in the round trip of the last ``output``
+    of the step being run (:meth:`~orchestra.Engine.invoke` sets it for the last step when
+    the fragment reads only ``trigger`` and ``out``)."""
+    payload: list[JSON] | None = None
+    """``[payload]`` once :attr:`tail` ran with the last output, else ``None``."""
 
     async def js(
         self,
@@ -213,7 +150,7 @@ class StepRunner:
         assert isinstance(steps, dict)
         outputs: dict[str, JSON] = dict(done or {})
         steps[step.name] = outputs
-        native = self._native = _native()
+        native = self.native = _native()
         todo = [p for p in step.processors if p.name not in outputs]
         if len(todo) == 1 and all(n in outputs for n in todo[0].needs):  # no group, no events
             return [await self._one(step, todo[0], outputs, checkpoint, None)]
@@ -222,15 +159,15 @@ class StepRunner:
         for name in outputs:
             finished[name].set()
         flow: Flow | None = None
-        if checkpoint is None and self._chains():
+        if checkpoint is None and self.chains():
             dependents: dict[str, list[Processor]] = {}
             for p in todo:
                 for need in p.needs:
                     dependents.setdefault(need, []).append(p)
-            flow = Flow(outputs, dependents, finished)
+            flow = Flow(outputs, dependents, finished, processors={p.name: p for p in todo})
         traces: list[ProcessorTrace] = []
         failure: list[Exception] = []
-        group = _Group(native)
+        group = Group(native)
 
         async def one(p: Processor) -> None:
             for need in p.needs:
@@ -241,6 +178,9 @@ class StepRunner:
                 except StepError as exc:
                     exc.located(process=self.process, step=step.name, processor=p.name)
                     raise
+                finally:
+                    if flow is not None:  # outputs left to p and not taken: owners send them
+                        flow.release(p.name)
                 outputs[p.name] = output
                 if checkpoint is not None:
                     await checkpoint(trace, output)
@@ -256,7 +196,20 @@ class StepRunner:
             raise failure[0]
         return traces
 
-    def _chains(self) -> bool:
+    def _quick(
+        self, fragments: tuple[FragmentCall, ...], b: Mapping[str, JSON]
+    ) -> list[JSON] | None:
+        """The batch's results if the host answers it itself (see :mod:`._quick`), else None."""
+        if quick_of(fragments) is None:
+            return None
+        if self._clean is None:  # once per run: the trigger does not change
+            self._limit = output_limit(self.sandbox)
+            self._clean = self._limit is not None and clean(b["trigger"])
+        if not self._clean or self._limit is None:
+            return None
+        return host_answer(fragments, b, limit=self._limit, checked=True)
+
+    def chains(self) -> bool:
         """Whether the sandbox runs :meth:`~Sandbox.evaluate_each` in one round trip."""
         native = getattr(type(self.sandbox), "evaluate_each", Sandbox.evaluate_each)
         return native is not Sandbox.evaluate_each
@@ -298,11 +251,13 @@ class StepRunner:
             ready = flow.prefetched.pop(p.name, None) if flow is not None else None
             if ready is not None:  # run with the output of what it waited for
                 results, per = ready
-            elif p.for_each is not None and plan.pre and self._chains():
-                results, per = await self._each(
+            elif p.for_each is not None and plan.pre and self.chains():
+                results, per = await self.js_each(
                     plan.head, plan.each_names, b, plan.each, step=step.name, processor=p.name,
                     timeout=p.script_timeout,
                 )  # fmt: skip
+            elif plan.head and (quick := self._quick(plan.head, b)) is not None:
+                results = quick
             elif plan.head:
                 results = await self.js_all(
                     plan.head,
@@ -349,7 +304,7 @@ class StepRunner:
         )
         return trace, outcome.output
 
-    async def _each(
+    async def js_each(
         self,
         fragments: tuple[FragmentCall, ...],
         names: tuple[str, ...] | None,
@@ -385,14 +340,19 @@ class StepRunner:
             msg = f"for_each must return an array, got {_kind(items)}"
             raise ScriptError(msg, fragment=f"{p.name}.for_each")
         results: list[JSON] = [None] * len(items)
+        # With a sandbox that chains, the items' outputs wait for the last action and go
+        # in one round trip (nothing can use one before all have ended).
+        joint = 1 < len(items) <= JOINT_ITEMS and joint_ok(p, plan) and self.chains()
+        kept: list[dict[str, JSON]] = [{}] * len(items)
+        sizes = [0] * len(items)
         total = _Outcome()
-        limiter = _limiter(p.concurrency, self._native)
+        slots = limiter(p.concurrency, self.native)
         failure: list[Exception] = []
-        group = _Group(self._native)
+        group = Group(self.native)
         ready = ready or []
 
         async def run(i: int, item: JSON) -> None:
-            async with limiter:
+            async with slots:
                 try:
                     ib = dict(b)
                     ib["item"] = item
@@ -411,11 +371,12 @@ class StepRunner:
                             processor=p.name,
                             timeout=p.script_timeout,
                         )
-                    o = await self._item(step, p, plan, ib, pre)
+                    o = await self._item(step, p, plan, ib, pre, defer=joint)
                 except Exception as exc:  # re-raised below, outside the task group
                     failure.append(exc)
                     group.cancel()
                     return
+            kept[i], sizes[i] = ib, o.size
             results[i] = o.output
             total.attempts += o.attempts
             total.http_status = o.http_status if total.http_status is None else total.http_status
@@ -423,6 +384,8 @@ class StepRunner:
         await group.run([run(i, item) for i, item in enumerate(items)])
         if failure:
             raise failure[0]
+        if joint:
+            results = await item_outputs(self, step, p, plan, kept, sizes=sizes)
         total.output = results
         return total, len(items)
 
@@ -435,11 +398,14 @@ class StepRunner:
         pre: list[JSON],
         *,
         flow: Flow | None = None,
+        defer: bool = False,
     ) -> _Outcome:
         """Run the action and ``output`` of one item; ``pre`` holds the results of ``plan.pre``.
 
         ``b`` may be changed (it is this item's own). With ``flow``, the output may run
-        with the first round trip of a processor that waits only for this one.
+        with the first round trip of a processor that waits only for this one, or with
+        the process's output (:attr:`tail`). With ``defer``, ``b`` is left ready for the
+        output, which the caller runs.
         """
         if p.input is not None:
             b["input"] = pre[0]
@@ -451,7 +417,20 @@ class StepRunner:
         if plan.output:  # the body may be RawJSON: ``_action`` asks for it only then
             b["response"] = outcome.output if outcome.raw is None else outcome.raw  # type: ignore[assignment]
             b["status"] = outcome.http_status
+            if defer:
+                return outcome
             (out,) = plan.output
+            tail = tail_of(self, step, p) if p.for_each is None else None
+            if tail is not None and "$" not in out.source:
+                ended = await with_tail(self, step, p, out, b, tail=tail)
+                if ended is not None:
+                    outcome.output = ended[0]
+                    return outcome
+            if flow is not None and p.for_each is None and self.native:
+                left = await leave(p, out, b, flow, outcome.size)
+                if left is not None:  # sent with the output of the processor it was left to
+                    outcome.output = left[0]
+                    return outcome
             nxt = flow.next_of(p) if flow is not None else None
             if nxt is not None and flow is not None:
                 d, chain, waits = nxt
@@ -459,9 +438,14 @@ class StepRunner:
                     await flow.finished[name].wait()
                 if flow.ready(p, d):
                     flow.sending.add(p.name)
-                    chained = await self._chained(step, p, out, b, chain=chain)
-                    if chained is not None:
-                        outcome.output, flow.prefetched[d.name] = chained
+                    adopted = flow.adopt(p, d)
+                    try:
+                        sent = await chained(self, step, p, out, b, chain=chain, adopted=adopted)
+                    finally:
+                        for a in adopted:  # not sent (an error): its owner sends it alone
+                            a.release()
+                    if sent is not None:
+                        outcome.output, flow.prefetched[d.name] = sent
                         return outcome
             if flow is not None:
                 flow.sending.add(p.name)
@@ -471,35 +455,6 @@ class StepRunner:
                 timeout=p.script_timeout,
             )  # fmt: skip
         return outcome
-
-    async def _chained(
-        self,
-        step: ProcessStep,
-        p: Processor,
-        out: FragmentCall,
-        b: dict[str, JSON],
-        *,
-        chain: Chain,
-    ) -> tuple[JSON, tuple[list[JSON], list[list[JSON]] | None]] | None:
-        """Run ``p``'s output and, per ``chain``, a dependent's first round trip together.
-
-        Returns the output and the dependent's results, or ``None`` when a fragment of the
-        dependent failed (``p``'s output then runs alone, and the dependent meets its error
-        on its own).
-        """
-        fragments, names = joined(p, out, chain)
-        try:
-            results, per = await self._each(
-                fragments, names, b, chain.each, step=step.name, processor=p.name,
-                timeout=p.script_timeout,
-            )  # fmt: skip
-        except ScriptError as exc:
-            if exc.fragment == out.name:
-                raise
-            return None
-        except StepError:
-            return None
-        return results[0], (results[1:], per)
 
     async def _action(
         self,
@@ -520,24 +475,10 @@ class StepRunner:
                 tokens=self.tokens,
                 raw_json=bool(plan.output) and self.sandbox.accepts_raw_json,
             )
-            return _Outcome(result.body, result.attempts, result.status, result.raw)
-        work = (
-            self._function(call, b["input"])
-            if isinstance(call, FunctionCall)
-            else self._custom(step, p, call, b["input"])
-        )
-        try:
-            if call.timeout is None:  # no deadline: no scope to enter
-                output = await work
-            else:
-                async with self.executor.fail_after(call.timeout):
-                    output = await work
-        except StepError:
-            raise
-        except TimeoutError as exc:
-            msg = f"{call.type} {_label(call)} timed out after {call.timeout:g} s"
-            raise StepTimeoutError(msg) from exc
-        return _Outcome(_as_json(output, _label(call)), 1)
+            return _Outcome(
+                result.body, result.attempts, result.status, result.raw, body_size(result)
+            )
+        return _Outcome(await run_call(self, step, p, call, b["input"]), 1)
 
     def _parts(
         self, step: ProcessStep, p: Processor, plan: Plan, b: dict[str, JSON], parts: list[JSON]
@@ -570,61 +511,6 @@ class StepRunner:
             has_body=has_body,
             idempotency_key=key,
         )
-
-    async def _function(self, call: FunctionCall, value: JSON) -> Any:
-        func = self.functions.get(call.name)
-        if func is None:
-            raise DefinitionError(
-                [Problem("call.name", f"no function {call.name!r} is registered")]
-            )
-        try:
-            if inspect.iscoroutinefunction(func):
-                return await func(value)
-            result = await self.executor.run_sync(lambda: func(value))
-            if inspect.isawaitable(result):
-                return await result
-        except StepError:
-            raise
-        except Exception as exc:
-            msg = f"function {call.name!r} raised {type(exc).__name__}: {exc}"
-            raise ActionError(msg) from exc
-        return result
-
-    async def _custom(self, step: ProcessStep, p: Processor, call: ActionCall, value: JSON) -> Any:
-        action = self.actions.get(call.kind)
-        if action is None:
-            raise DefinitionError(
-                [Problem("call.kind", f"no action kind {call.kind!r} is registered")]
-            )
-        ctx = ActionContext(
-            process=self.process,
-            step=step.name,
-            processor=p.name,
-            client=self.client,
-            executor=self.executor,
-            secrets=self.secrets,
-            run_id=self.run_id,
-        )
-        try:
-            return await action(call, value, ctx)
-        except StepError:
-            raise
-        except Exception as exc:
-            msg = f"action {call.kind!r} raised {type(exc).__name__}: {exc}"
-            raise ActionError(msg) from exc
-
-
-def _label(call: FunctionCall | ActionCall) -> str:
-    return repr(call.name) if isinstance(call, FunctionCall) else repr(call.kind)
-
-
-def _as_json(value: Any, label: str) -> JSON:
-    try:
-        result: JSON = json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        msg = f"{label} returned a value that is not JSON: {exc}"
-        raise ActionError(msg) from None
-    return result
 
 
 def _kind(value: JSON) -> str:

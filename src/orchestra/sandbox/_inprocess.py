@@ -44,6 +44,11 @@ class InProcessSandbox(Sandbox):
         self._max_output = max_output_chars
         self._runner: Callable[[str], str] | None = None
 
+    @property
+    def max_output_chars(self) -> int:
+        """The largest JSON text a fragment may return (UTF-16 code units)."""
+        return self._max_output
+
     def _js(self) -> Callable[[str], str]:
         if self._runner is None:
             import pythonmonkey as pm
