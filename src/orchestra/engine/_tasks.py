@@ -14,16 +14,14 @@ from typing import Any
 
 import anyio
 
+from orchestra._loops import asyncio_loop
+
 __all__ = ["Group", "limiter", "on_asyncio"]
 
 
 def on_asyncio() -> bool:
     """Whether the running event loop is asyncio's (then asyncio's cheaper primitives serve)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
+    return asyncio_loop() is not None
 
 
 class Group:
