@@ -178,9 +178,9 @@ async def ungrouped(measure: Awaitable[Cost]) -> Cost:
     The baseline of the concurrent rows: what the same work costs with one transaction
     per batch, as before group commit (a private switch of the stores, for this bench).
     """
-    from orchestra.stores import _postgres_group, _sqlite
+    from orchestra.stores import _postgres_group, _sqlite_group
 
-    modules: list[Any] = [_sqlite, _postgres_group]
+    modules: list[Any] = [_sqlite_group, _postgres_group]
     saved = [m._nothing_ready for m in modules]
     for m in modules:
         m._nothing_ready = lambda loop: True

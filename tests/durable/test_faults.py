@@ -94,9 +94,9 @@ async def test_a_full_disk_fails_the_write_cleanly_and_the_run_completes_later(
                        functions={"one": lambda _: 1, "big": big})  # fmt: skip
         async with eng:
             await eng.deploy(process)
-            assert store._conn is not None
-            pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
-            store._conn.execute(f"PRAGMA max_page_count = {pages + 8}")
+            assert store._db.conn is not None
+            pages = store._db.conn.execute("PRAGMA page_count").fetchone()[0]
+            store._db.conn.execute(f"PRAGMA max_page_count = {pages + 8}")
             with pytest.raises(PersistenceError) as info:
                 await eng.start("big", {})
             assert "full" in str(info.value)
@@ -104,7 +104,7 @@ async def test_a_full_disk_fails_the_write_cleanly_and_the_run_completes_later(
             assert (stored.status, stored.position) == ("running", 1)
             assert json.loads(stored.context)["steps"] == {"small": {"one": 1}}
             assert await store.checkpoints(stored.id, "large") == []
-            store._conn.execute("PRAGMA max_page_count = 1073741823")
+            store._db.conn.execute("PRAGMA max_page_count = 1073741823")
             run = await wait_for(eng, stored.id, "completed", timeout=15)
     assert len(calls) == 2
     ctx: Any = run.context

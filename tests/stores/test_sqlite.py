@@ -25,7 +25,7 @@ from orchestra.stores import (
     Store,
     Wait,
     _migrations,
-    _sqlite,
+    _sqlite_group,
     _sqlite_sql,
 )
 from orchestra.stores.contract import StoreContract
@@ -319,9 +319,9 @@ async def test_a_full_disk_gives_persistence_error_and_keeps_the_run(tmp_path: P
     path = tmp_path / "db.sqlite"
     async with await SQLiteStore.open(path) as store:
         await store.create_run(run(context='{"small": true}'))
-        assert store._conn is not None
-        pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
-        store._conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+        assert store._db.conn is not None
+        pages = store._db.conn.execute("PRAGMA page_count").fetchone()[0]
+        store._db.conn.execute(f"PRAGMA max_page_count = {pages + 2}")
         big = json.dumps({"blob": "x" * 200_000})
         with pytest.raises(PersistenceError, match="full") as info:
             await store.update_run(run(context=big, position=3))
@@ -345,8 +345,8 @@ async def test_a_read_only_database_gives_persistence_error(tmp_path: Path) -> N
     """Writing to a database that became read-only fails with PersistenceError."""
     async with await SQLiteStore.open(tmp_path / "db.sqlite") as store:
         await store.create_run(run())
-        assert store._conn is not None
-        store._conn.execute("PRAGMA query_only = 1")
+        assert store._db.conn is not None
+        store._db.conn.execute("PRAGMA query_only = 1")
         with pytest.raises(PersistenceError, match="readonly"):
             await store.append_history(HistoryEntry(run_id="r1", kind="run_started", at=1.0))
         assert (await store.get_run("r1")).id == "r1"
@@ -496,19 +496,19 @@ async def test_a_migration_rechecks_the_version_under_the_lock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A store that saw an old version, while another migrated, does not migrate again."""
-    from orchestra.stores import _sqlite
+    from orchestra.stores import _sqlite_conn
 
     path = tmp_path / "db.sqlite"
     async with SQLiteStore(path) as first:
         await first.create_run(run())
-    real = _sqlite._schema_version
+    real = _sqlite_conn._schema_version
     calls = []
 
     def stale_then_real(conn: sqlite3.Connection) -> int:
         calls.append(1)
         return 0 if len(calls) == 1 else real(conn)  # the first look predates the migration
 
-    monkeypatch.setattr(_sqlite, "_schema_version", stale_then_real)
+    monkeypatch.setattr(_sqlite_conn, "_schema_version", stale_then_real)
     async with SQLiteStore(path) as second:
         assert (await second.get_run("r1")).id == "r1"
     assert len(calls) == 2
@@ -530,13 +530,13 @@ def step_batch(store: Store, run_id: str, *, owner: str = "w") -> Any:
 def spy_groups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Record the size of every group SQLiteStore commits in one transaction."""
     sizes: list[int] = []
-    real = SQLiteStore._apply_group
+    real = _sqlite_group._GroupCommit._apply_group
 
-    def spy(self: SQLiteStore, conn: sqlite3.Connection, group: list[Any]) -> None:
+    def spy(self: Any, conn: sqlite3.Connection, group: list[Any]) -> None:
         sizes.append(len(group))
         real(self, conn, group)
 
-    monkeypatch.setattr(SQLiteStore, "_apply_group", spy)
+    monkeypatch.setattr(_sqlite_group._GroupCommit, "_apply_group", spy)
     return sizes
 
 
@@ -639,7 +639,7 @@ async def test_a_batch_failing_after_its_writes_without_a_savepoint_aborts_the_g
 ) -> None:
     """Should a batch fail having written with no savepoint, the group rolls back and every
     batch commits alone: the failing one gets its error, the others commit."""
-    monkeypatch.setattr(_sqlite, "_needs_savepoint", lambda ops: False)
+    monkeypatch.setattr(_sqlite_group, "_needs_savepoint", lambda ops: False)
     sizes = spy_groups(monkeypatch)
     async with await SQLiteStore.open(tmp_path / "db.sqlite") as store:
         for i in range(4):
@@ -669,7 +669,7 @@ async def test_a_batch_failing_after_its_writes_without_a_savepoint_aborts_the_g
 
 def test_only_batches_failing_after_a_write_need_a_savepoint() -> None:
     """Conditions before every write (the engine's batches) need none."""
-    needs = _sqlite_sql._needs_savepoint
+    needs = _sqlite_group._needs_savepoint
     assert not needs([("require_owner", ()), ("append_history", ()), ("put_checkpoint", ())])
     assert not needs([("update_run", ()), ("append_history", ()), ("delete_checkpoints", ())])
     assert not needs([("create_run", ()), ("append_history", ())])
@@ -706,7 +706,7 @@ async def test_batches_commit_alone_without_an_asyncio_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Under another backend (trio: no asyncio loop runs) every batch commits at once, alone."""
-    monkeypatch.setattr(_sqlite, "_running_loop", lambda: None)
+    monkeypatch.setattr(_sqlite_group, "_running_loop", lambda: None)
     sizes = spy_groups(monkeypatch)
     async with await SQLiteStore.open(tmp_path / "db.sqlite") as store:
         for i in range(4):
@@ -737,7 +737,7 @@ async def test_a_fenced_update_writes_the_whole_record_whatever_changed(tmp_path
     statements: list[str] = []
     async with await SQLiteStore.open(tmp_path / "db.sqlite") as store:
         await store.create_run(run(owner="w", lease_expires=10.0))
-        conn = store._conn
+        conn = store._db.conn
         assert conn is not None
         conn.set_trace_callback(statements.append)
         changes: list[dict[str, Any]] = [
@@ -787,7 +787,7 @@ async def test_a_run_created_in_a_batch_numbers_its_history_without_a_lookup(
     statements: list[str] = []
     async with await SQLiteStore.open(tmp_path / "db.sqlite") as store:
         await store.create_run(run("r0"))
-        conn = store._conn
+        conn = store._db.conn
         assert conn is not None
         conn.set_trace_callback(statements.append)
         async with store.batch() as b:
@@ -811,6 +811,6 @@ async def test_a_run_created_in_a_batch_numbers_its_history_without_a_lookup(
             async with store.batch() as b:
                 b.create_run(run("r3", owner="w"))
                 b.update_run(run("nope"), owner="w")
-        assert "r3" not in store._seqs
+        assert "r3" not in store._db.seqs
         with pytest.raises(RunNotFoundError):
             await store.get_run("r3")

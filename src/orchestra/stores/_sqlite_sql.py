@@ -1,20 +1,18 @@
 """SQLite statements of :class:`~orchestra.stores.SQLiteStore`: row mappers and writes.
 
 Each write is a function of a connection, run inside the store's transactions; a batch
-applies them in order (:func:`_apply_batch`). The helpers at the end decide how a group of
-batches is committed together (see the store's group commit).
+applies them in order (:func:`_apply_batch`); ``_sqlite_group`` commits a group of batches
+together (see the store's group commit).
 """
 
 # ruff: noqa: S608 - SQL text is built only from constants; every value is a bound parameter.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 
-from orchestra._loops import asyncio_loop
 from orchestra.errors import ConflictError, RunNotFoundError
 from orchestra.stores._base import (
     CheckpointRecord,
@@ -390,56 +388,3 @@ def _apply_batch(conn: sqlite3.Connection, ops: list[Op], seqs: dict[str, int]) 
             _remember(seqs, args[0].id, 1)  # type: ignore[attr-defined]
         else:
             _BATCH_OPS[name](conn, *args)
-
-
-_FALLIBLE = frozenset({"create_run", "update_run", "require_owner", "consume_event"})
-"""Batch operations that may fail the batch (each writes nothing when it fails)."""
-
-
-def _needs_savepoint(ops: list[Op]) -> bool:
-    """Whether a failing operation of ``ops`` may come after one that wrote.
-
-    Only then does a batch committed in a group need a savepoint of its own to undo its
-    writes: every fallible operation writes nothing when it fails, so a batch whose
-    conditions all come before its writes (the common case) fails having written nothing.
-    """
-    wrote = False
-    for name, _ in ops:
-        if name in _FALLIBLE and wrote:
-            return True
-        if name != "require_owner":
-            wrote = True
-    return False
-
-
-class _Pending:
-    """One batch waiting for its group's commit (see SQLiteStore._commit_batch)."""
-
-    __slots__ = ("error", "future", "ops", "retry")
-
-    def __init__(self, ops: list[Op], future: asyncio.Future[None] | None) -> None:
-        self.ops = ops
-        self.future = future
-        self.error: BaseException | None = None
-        """The batch's own error (a condition that failed): it was not written."""
-        self.retry = False
-        """The group could not commit: the batch was not written and commits on its own."""
-
-
-class _AbortGroup(Exception):
-    """A batch of a group failed having written (no savepoint): the whole group rolls back."""
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    """The running asyncio loop, or ``None`` under another backend (trio)."""
-    return asyncio_loop()
-
-
-def _nothing_ready(loop: asyncio.AbstractEventLoop) -> bool:
-    """True when no other callback waits to run in this turn of ``loop`` (asyncio's own).
-
-    Then no other task can commit before this one's batch would be flushed, so waiting
-    for companions would only add latency. Loops without the ready queue (uvloop) say False.
-    """
-    ready = getattr(loop, "_ready", None)
-    return ready is not None and not ready
