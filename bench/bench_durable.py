@@ -368,11 +368,11 @@ async def measure_all(args: argparse.Namespace) -> dict[str, Any]:
             contenders += [
                 (
                     "Engine 10-step process, InMemoryStore",
-                    lambda: on(_memory, lambda s: engine_steps(s, args.runs // 4)),
+                    lambda: on(_memory, lambda s: engine_steps(s, args.runs // 2)),
                 ),
                 (
                     "Engine 10-step process, SQLiteStore",
-                    lambda: on(sqlite_store, lambda s: engine_steps(s, args.runs // 4)),
+                    lambda: on(sqlite_store, lambda s: engine_steps(s, args.runs // 2)),
                 ),
             ]
             contenders.append(
