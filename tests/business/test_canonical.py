@@ -100,17 +100,17 @@ def test_a_large_context_is_assembled_from_its_parts() -> None:
     encoded: list[Any] = []
     import orchestra.engine._commits as commits
 
-    real = commits.canonical
+    real = commits.canonical  # type: ignore[attr-defined]
 
     def spy(value: Any) -> str:
         encoded.append(value)
         return real(value)
 
-    commits.canonical = spy  # type: ignore[assignment]
+    commits.canonical = spy  # type: ignore[attr-defined]
     try:
         assert texts.encode(ctx) == canonical(ctx)
     finally:
-        commits.canonical = real
+        commits.canonical = real  # type: ignore[attr-defined]
     assert big not in encoded and ctx["steps"]["a"] not in encoded
     assert ctx["steps"]["b"] in encoded
 

@@ -159,7 +159,8 @@ def objects(draw: st.DrawFn) -> str:
     fields = draw(st.lists(st.tuples(keys(), values_src()), max_size=4))
     parts = [draw(sp) + k + draw(sp) + ":" + draw(sp) + v + draw(sp) for k, v in fields]
     inner = ",".join(parts)
-    if fields and draw(st.booleans()):
+    trailing_comma: Any = st.booleans()  # (Any: mypy binds draw's type to the first draw)
+    if fields and draw(trailing_comma):
         inner += ","
     return "{" + inner + draw(sp) + "}"
 

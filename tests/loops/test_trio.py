@@ -137,6 +137,10 @@ def ship(value: Any) -> Any:  # a plain function: run in a worker thread
     return {"shipped": value}
 
 
+async def publish(engine: o.Engine, order: str) -> None:
+    await engine.publish("order.created", {"order": order})
+
+
 async def test_a_business_process_runs_durably_on_trio_with_sqlite(tmp_path: Path) -> None:
     """Start, park, resume by event, a deadline, then reopen the file: all on trio."""
     functions = {"book": book, "ship": ship}
@@ -151,7 +155,7 @@ async def test_a_business_process_runs_durably_on_trio_with_sqlite(tmp_path: Pat
         assert (await engine.run(run_id)).status == "waiting"
         async with anyio.create_task_group() as tg:  # concurrent runs: commits go alone
             for i in range(5):
-                tg.start_soon(engine.publish, "order.created", {"order": f"B-{i}"})
+                tg.start_soon(publish, engine, f"B-{i}")
         resumed = await engine.publish("order.paid", {"order": "A-1", "amount": 12})
         assert list(resumed.resumed) == [run_id]
         with anyio.fail_after(5):  # the "late" step's deadline fires on the timer task
@@ -163,7 +167,8 @@ async def test_a_business_process_runs_durably_on_trio_with_sqlite(tmp_path: Pat
     ) as engine:  # fmt: skip
         run = await engine.run(run_id)
         assert run.status == "completed"
-        assert run.context["steps"]["ship"]["ship"] == {"shipped": {"order": "A-1", "paid": 12}}
+        shipped: Any = run.context["steps"]
+        assert shipped["ship"]["ship"] == {"shipped": {"order": "A-1", "paid": 12}}
         waiting = await engine.runs("orders", status="waiting")
         assert len(waiting) == 5
         history = [h.kind for h in run.history]

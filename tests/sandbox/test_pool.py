@@ -15,7 +15,14 @@ import attrs
 import pytest
 
 from orchestra.errors import SandboxError, ScriptError, StepTimeoutError
-from orchestra.sandbox import EachCall, FragmentCall, SandboxLimits, WorkerSandbox, _pool, _process
+from orchestra.sandbox import (
+    EachCall,
+    FragmentCall,
+    SandboxLimits,
+    WorkerSandbox,
+    _lane,
+    _process,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -206,13 +213,13 @@ BUSY = "let t = Date.now(); while (Date.now() - t < ms) {} return tag"
 
 async def test_calls_are_batched_under_load(monkeypatch: pytest.MonkeyPatch) -> None:
     sizes: list[int] = []
-    send = _pool._Lane.send
+    send = _lane._Lane.send
 
-    def spy(lane: _pool._Lane, batch: list[_pool._Task]) -> None:
+    def spy(lane: _lane._Lane, batch: list[_lane._Task]) -> None:
         sizes.append(len(batch))
         send(lane, batch)
 
-    monkeypatch.setattr(_pool._Lane, "send", spy)
+    monkeypatch.setattr(_lane._Lane, "send", spy)
     async with WorkerSandbox(1, limits=SandboxLimits(spares=0)) as sandbox:
         await sandbox.evaluate("0", {})
         results: dict[int, object] = {}
@@ -233,13 +240,13 @@ async def test_lone_call_is_sent_at_once_and_later_ones_join_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sent: list[int] = []
-    send = _pool._Lane.send
+    send = _lane._Lane.send
 
-    def spy(lane: _pool._Lane, batch: list[_pool._Task]) -> None:
+    def spy(lane: _lane._Lane, batch: list[_lane._Task]) -> None:
         sent.append(len(batch))
         send(lane, batch)
 
-    monkeypatch.setattr(_pool._Lane, "send", spy)
+    monkeypatch.setattr(_lane._Lane, "send", spy)
     async with WorkerSandbox(1, limits=SandboxLimits(spares=0)) as sandbox:
         await sandbox.evaluate("0", {})
         sent.clear()
