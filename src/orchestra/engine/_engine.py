@@ -12,12 +12,12 @@ import httpx
 from orchestra._json import JSON
 from orchestra.engine._steps import Action, Function, StepRunner, truthy, uses
 from orchestra.engine._trace import ProcessorTrace, Request, Result
-from orchestra.errors import DefinitionError, Problem, ScriptError
+from orchestra.errors import DefinitionError, Problem
 from orchestra.executors import Executor, LocalExecutor
 from orchestra.http import TokenCache
 from orchestra.model import ActionCall, FunctionCall, Process, ProcessStep, ResumeStep
 from orchestra.sandbox import Sandbox
-from orchestra.validation import fragments, structural_problems
+from orchestra.validation import fragment_problems, structural_problems
 
 if TYPE_CHECKING:
     from orchestra.engine._business import Business, PublishResult, RunInfo
@@ -205,11 +205,7 @@ class Engine:
         if self._validated.get(id(process)) is process:
             return
         problems = structural_problems(process)
-        for path, name, source in fragments(process):
-            try:
-                await self.sandbox.check(source, name=name)
-            except ScriptError as exc:
-                problems.append(Problem(path, exc.js_message + _where(exc)))
+        problems.extend(await fragment_problems(process, self.sandbox))
         problems.extend(self._unknown_calls(process))
         if problems:
             raise DefinitionError(problems)
@@ -356,9 +352,3 @@ def _worker_id() -> str:
     import uuid
 
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _where(exc: ScriptError) -> str:
-    if exc.line is None:
-        return ""
-    return f" (line {exc.line}" + (f", column {exc.column})" if exc.column else ")")
