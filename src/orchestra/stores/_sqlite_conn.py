@@ -209,11 +209,7 @@ class _Connection:
         if self.conn is None:
             await self.connect()
         try:
-            with self.lock:
-                conn = self.conn
-                if conn is None:
-                    raise self.closed_error()
-                return fn(conn, *args, **kwargs)
+            return self.one(fn, *args, **kwargs)
         except sqlite3.Error as exc:
             if not _is_busy(exc):
                 raise self.error(exc, what) from exc
