@@ -392,6 +392,8 @@ async def measure_all(args: argparse.Namespace) -> dict[str, Any]:
                         lambda: on(pg_store, lambda s: engine_steps_concurrent(s, args.runs // 2)),
                     ),
                 ]
+        if not args.no_compare:
+            contenders += _dbos_contenders(notes)
         for _ in range(args.rounds):
             for name, fn in contenders:
                 rows.setdefault(name, []).append(await fn())
@@ -406,7 +408,65 @@ async def measure_all(args: argparse.Namespace) -> dict[str, Any]:
         k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
         for k, v in rows.items()
     }
-    return {"rows": medians, "notes": notes}
+    return {"rows": medians, "samples": rows, "notes": notes}
+
+
+DBOS_SHIPPED = "DBOS Transact, SQLite as shipped"
+DBOS_WAL = "DBOS Transact, SQLite, WAL patched in"
+ENGINE_SQLITE = "Engine 10-step process, SQLiteStore"
+RAW_SQLITE = "raw sqlite3 insert+commit (baseline)"
+
+
+def _dbos_contenders(notes: dict[str, str]) -> list[tuple[str, Measure]]:
+    """DBOS on SQLite, as shipped and with WAL, measured in every round like the others."""
+    if not compare_dbos.available():
+        notes["DBOS"] = "skipped: dbos not installed (pip install dbos)"
+        return []
+
+    def dbos(wal: bool) -> Measure:
+        async def measure() -> Cost:
+            ms, note = await anyio.to_thread.run_sync(lambda: compare_dbos.measure(20, wal=wal))
+            notes[DBOS_WAL if wal else DBOS_SHIPPED] = note
+            return ms, float("nan")  # a subprocess: no CPU time of this loop's thread
+
+        return measure
+
+    return [(DBOS_SHIPPED, dbos(False)), (DBOS_WAL, dbos(True))]
+
+
+def same_round_ratios(samples: dict[str, list[Cost]]) -> list[str]:
+    """Issue 5's SQLite target as ratios to baselines measured in the same rounds.
+
+    The issue sets 0.1 ms per step as "10x better than DBOS with WAL, 28x better than
+    DBOS as shipped", on a machine where a raw insert+commit took 14 us (so 0.1 ms is 7.1
+    raw commits). Ratios of figures taken in the same round cancel out how fast the
+    (shared, noisy) machine happens to be; each line is the median over rounds.
+    """
+    engine = samples.get(ENGINE_SQLITE)
+    if not engine:
+        return []
+    lines = []
+    checks = [
+        (DBOS_WAL, 10.0, "x faster than DBOS with WAL", "target >= 10x"),
+        (DBOS_SHIPPED, 28.0, "x faster than DBOS as shipped", "target >= 28x"),
+    ]
+    for name, target, what, label in checks:
+        other = samples.get(name)
+        if other:
+            ratio = statistics.median(o[0] / e[0] for o, e in zip(other, engine, strict=True))
+            lines.append(f"  {ratio:6.1f}{what:34} {label:18} {verdict(ratio >= target)}")
+    raw = samples.get(RAW_SQLITE)
+    if raw:
+        ratio = statistics.median(e[0] / r[0] for e, r in zip(engine, raw, strict=True))
+        what = " raw sqlite3 commits per step"
+        lines.append(
+            f"  {ratio:6.1f}{what:34} {'target <= 7.1':18} {verdict(ratio <= 0.1 / 0.014)}"
+        )
+    return lines
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
 
 
 async def _memory() -> Store:
@@ -440,14 +500,10 @@ def main() -> None:
     notes: dict[str, str] = result["notes"]
     compare: dict[str, tuple[float, str] | str] = {}
     if not args.no_compare:
-        for name, module, runs in (
-            ("DBOS Transact, SQLite, 10-step workflow", compare_dbos, 20),
-            ("Temporal dev server, 10-activity workflow", compare_temporal, 8),
-        ):
-            try:
-                compare[name] = module.measure(runs)
-            except RuntimeError as exc:
-                compare[name] = str(exc)
+        try:
+            compare["Temporal dev server, 10-activity workflow"] = compare_temporal.measure(8)
+        except RuntimeError as exc:
+            compare["Temporal dev server, 10-activity workflow"] = str(exc)
 
     print(
         f"Durable steps, ms per step (median of {args.rounds} rounds; {args.runs} runs x {STEPS} steps)"
@@ -455,9 +511,10 @@ def main() -> None:
     print(f"{'':46} {'ms/step':>9} {'CPU ms':>8} {'target':>7} {'vs target':>10}")
     for name, (ms, cpu) in rows.items():
         target = target_for(name)
-        verdict = "" if target is None else f"{ms / target:9.2f}x"
+        against = "" if target is None else f"{ms / target:9.2f}x"
         tgt = "" if target is None else f"{target:.1f}"
-        print(f"{name:46} {ms:9.4f} {cpu:8.4f} {tgt:>7} {verdict:>10}")
+        cpu_text = "" if cpu != cpu else f"{cpu:8.4f}"  # NaN: not measured here
+        print(f"{name:46} {ms:9.4f} {cpu_text:>8} {tgt:>7} {against:>10}")
     for name, got in compare.items():
         if isinstance(got, str):
             print(f"{name:46} {got}")
@@ -483,6 +540,11 @@ def main() -> None:
     if base and store:
         print(f"SQLiteStore step = {store[0] / base[0]:.1f} raw sqlite3 commits of wall time, "
               f"{store[1] / base[1]:.1f} of CPU (a step writes 2 records)")  # fmt: skip
+    ratios = same_round_ratios(result["samples"])
+    if ratios:
+        print(f"{ENGINE_SQLITE}, one run at a time, against same-round baselines "
+              f"(median of per-round ratios):")  # fmt: skip
+        print("\n".join(ratios))
     print(f"(bench took {time.perf_counter() - t0:.0f} s)")
 
 

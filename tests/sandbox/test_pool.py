@@ -530,3 +530,55 @@ async def test_large_host_does_not_make_workers_look_large() -> None:
             assert sandbox.worker_pids == [pid]
     finally:
         del ballast
+
+
+# -- warm(): a no-op call before an expected one --------------------------------------------
+
+
+async def _settled(sandbox: WorkerSandbox) -> None:
+    """Wait until the no-op calls warm() sent are answered."""
+    for _ in range(200):
+        if not sandbox._warming:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("warm call still in flight")
+
+
+async def test_warm_does_nothing_before_the_first_call_or_after_close() -> None:
+    sandbox = WorkerSandbox(1)
+    sandbox.warm()  # no worker yet: none is started for a hint
+    assert sandbox.worker_pids == []
+    assert await sandbox.evaluate("2 + 2", {}) == 4
+    await sandbox.aclose()
+    sandbox.warm()  # closed: nothing, and no error
+    assert not sandbox._warming
+
+
+async def test_warm_sends_one_noop_call_to_the_idle_worker() -> None:
+    async with WorkerSandbox(2) as sandbox:
+        assert await sandbox.evaluate("1", {}) == 1
+        (lane,) = sandbox._lanes
+        calls = lane.worker.calls
+        sandbox.warm()
+        sandbox.warm()  # within a millisecond of the first: one call for both
+        await _settled(sandbox)
+        assert lane.worker.calls == calls + 1
+        assert len(sandbox._lanes) == 1  # no worker started for it
+        # The next call goes to the worker that was warmed, and is unaffected.
+        assert await sandbox.evaluate("[x, 2]", {"x": 1}) == [1, 2]
+        assert lane.worker.calls == calls + 2
+
+
+async def test_warm_does_nothing_while_a_call_is_in_flight() -> None:
+    async with WorkerSandbox(1) as sandbox:
+        assert await sandbox.evaluate("1", {}) == 1
+        (lane,) = sandbox._lanes
+        calls = lane.worker.calls
+        busy = asyncio.ensure_future(
+            sandbox.evaluate("{const t = Date.now(); while (Date.now() - t < 50) {} return 3}", {})
+        )
+        await asyncio.sleep(0.01)
+        sandbox.warm()
+        assert not sandbox._warming
+        assert await busy == 3
+        assert lane.worker.calls == calls + 1

@@ -12,6 +12,7 @@ import httpx
 from orchestra._json import JSON
 from orchestra.engine._steps import Action, Function, StepRunner, truthy, uses
 from orchestra.engine._trace import ProcessorTrace, Request, Result
+from orchestra.engine._warm import Warmer
 from orchestra.errors import DefinitionError, Problem
 from orchestra.executors import Executor, LocalExecutor
 from orchestra.http import TokenCache
@@ -87,6 +88,7 @@ class Engine:
             lease_seconds=lease_seconds, retention=retention,
         )  # fmt: skip
         self._stack: AsyncExitStack | None = None
+        self._warmer: Warmer | None = None
 
     @property
     def store(self) -> Store:
@@ -241,10 +243,17 @@ class Engine:
         self, process: Process, context: dict[str, JSON], *, run_id: str = "local"
     ) -> StepRunner:
         """Return a :class:`StepRunner` for one run of ``process`` over ``context``."""
+        sandbox = self.sandbox
+        warmer = self._warmer
+        if warmer is None or warmer.sandbox is not sandbox:
+            # A hint on the wall clock: under a virtual clock it would only add noise.
+            real = isinstance(self.executor, LocalExecutor)
+            warmer = self._warmer = Warmer(sandbox, enabled=real)
         return StepRunner(
             process=process.name,
             context=context,
-            sandbox=self.sandbox,
+            sandbox=sandbox,
+            warmer=warmer,
             executor=self.executor,
             client=self.client,
             secrets=self.secrets,

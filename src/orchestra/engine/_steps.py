@@ -34,6 +34,7 @@ from orchestra.engine._quick import clean, host_answer, output_limit, quick_of
 from orchestra.engine._tasks import Group, limiter
 from orchestra.engine._tasks import on_asyncio as _native
 from orchestra.engine._trace import ProcessorTrace, Status
+from orchestra.engine._warm import Warmer
 from orchestra.errors import ScriptError, StepError
 from orchestra.executors import Executor
 from orchestra.http import RequestParts, TokenCache, perform
@@ -77,6 +78,8 @@ class StepRunner:
     functions: Mapping[str, Function]
     actions: Mapping[str, Action]
     run_id: str = "local"
+    warmer: Warmer | None = None
+    """Warms the sandbox before HTTP answers are due (see :mod:`._warm`)."""
     native: bool = attrs.field(default=True, init=False)
     """Whether the step runs on asyncio (set by :meth:`run`)."""
     _clean: bool | None = attrs.field(default=None, init=False)
@@ -466,15 +469,23 @@ class StepRunner:
     ) -> _Outcome:
         call = p.call
         if isinstance(call, HttpCall):
-            result = await perform(
-                call,
-                self._parts(step, p, plan, b, parts),
-                client=self.client,
-                executor=self.executor,
-                secrets=self.secrets,
-                tokens=self.tokens,
-                raw_json=bool(plan.output) and self.sandbox.accepts_raw_json,
-            )
+            warmer = self.warmer
+            expected = None if warmer is None else warmer.sent(call.method, call.url)
+            ok = False
+            try:
+                result = await perform(
+                    call,
+                    self._parts(step, p, plan, b, parts),
+                    client=self.client,
+                    executor=self.executor,
+                    secrets=self.secrets,
+                    tokens=self.tokens,
+                    raw_json=bool(plan.output) and self.sandbox.accepts_raw_json,
+                )
+                ok = result.attempts == 1
+            finally:
+                if warmer is not None:
+                    warmer.answered(expected, ok=ok)
             return _Outcome(
                 result.body, result.attempts, result.status, result.raw, body_size(result)
             )

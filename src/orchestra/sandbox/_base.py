@@ -260,6 +260,16 @@ class Sandbox(abc.ABC):
         The error's ``line`` and ``column`` (both 1-based) point into ``source``.
         """
 
+    def warm(self) -> None:  # noqa: B027 - optional hook
+        """A hint: a call is expected within about a millisecond; get ready for it.
+
+        The engine calls it just before an HTTP answer is due (from how long the same
+        call took before), when JavaScript will shape the answer. A sandbox that is slow
+        after a quiet spell (worker processes whose CPU caches went cold) may do some
+        cheap work now so that the call finds it ready. It must return at once, never
+        raise, and change nothing a fragment can see. The default does nothing.
+        """
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release the sandbox's resources (worker processes, engines)."""
 

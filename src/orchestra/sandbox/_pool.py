@@ -49,6 +49,10 @@ _MAX_BATCH_BYTES = 1 << 20
 
 
 _running_loop = asyncio_loop
+_WARM = single("warm", "0")
+_WARM_REQUEST = batch_request(_WARM, {})
+_WARM_EVERY = 0.001
+"""Seconds between two no-op calls of :meth:`WorkerSandbox.warm` (one per burst of hints)."""
 
 
 def _label(fragments: Sequence[FragmentCall]) -> str:
@@ -110,6 +114,8 @@ class WorkerSandbox(Sandbox):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._max_line: dict[int, int] = {}  # longest reply, by fragments in the batch
         self._killed: set[WorkerProcess] = set()  # killed, not yet reaped
+        self._warmed = -_WARM_EVERY  # loop time of the last warm() call sent
+        self._warming: set[asyncio.Task[None]] = set()
 
     async def evaluate(
         self,
@@ -193,6 +199,31 @@ class WorkerSandbox(Sandbox):
         with anyio.CancelScope(shield=True):
             for worker in workers:
                 await worker.kill()
+
+    def warm(self) -> None:
+        """Send a no-op call to the worker the next call will go to, if all are idle.
+
+        After a few milliseconds of quiet a worker's first call costs several times a
+        warm one (its CPU caches went cold); the engine calls this just before an HTTP
+        answer is due, so that the call shaping the answer finds the worker ready. It
+        does nothing when a call is in flight (the workers are busy, hence warm), when
+        it was done less than a millisecond ago, before the first call, or off asyncio.
+        The no-op call counts toward ``max_calls_per_worker``.
+        """
+        loop = self._loop
+        if self._closed or not self._pipelined or loop is None or _running_loop() is not loop:
+            return
+        now = loop.time()
+        if now - self._warmed < _WARM_EVERY or self._queue or self._quiet_lane() is None:
+            return
+        self._warmed = now
+        task = loop.create_task(self._warm_call())
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
+
+    async def _warm_call(self) -> None:
+        with contextlib.suppress(Exception):  # a hint: whatever happens, the next call copes
+            await self._call(_WARM_REQUEST, _WARM, 1.0)
 
     @property
     def worker_pids(self) -> list[int]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import pytest
 
 from orchestra._json import JSON
@@ -269,6 +270,16 @@ class SandboxContract:
     async def test_fragment_cannot_break_out_of_its_wrapper(self, sandbox: Sandbox) -> None:
         with pytest.raises(ScriptError, match="SyntaxError"):
             await sandbox.check("}); (function () {")
+
+    async def test_warm_is_a_harmless_hint(self, sandbox: Sandbox) -> None:
+        sandbox.warm()  # before any call, repeatedly, and between calls: never raises
+        sandbox.warm()
+        assert await sandbox.evaluate("[x, typeof globalThis.warm]", {"x": 1}) == [1, "undefined"]
+        sandbox.warm()
+        await anyio.sleep(0.01)  # whatever it started has run
+        assert await sandbox.evaluate_all(
+            [FragmentCall(name="a", source="x + 1", bind="x")], {"x": 1}
+        ) == [2]
 
     # -- batches (evaluate_all) -----------------------------------------------------------
 
