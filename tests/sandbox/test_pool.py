@@ -582,3 +582,17 @@ async def test_warm_does_nothing_while_a_call_is_in_flight() -> None:
         assert not sandbox._warming
         assert await busy == 3
         assert lane.worker.calls == calls + 1
+
+
+async def test_workers_run_at_a_lower_cpu_priority_than_the_host() -> None:
+    host = os.getpriority(os.PRIO_PROCESS, 0)
+    async with WorkerSandbox(1, limits=SandboxLimits(spares=1)) as sandbox:
+        assert await sandbox.evaluate("1", {}) == 1
+        for pid in sandbox.worker_pids:  # the worker and its spare
+            assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, host + SandboxLimits().nice)
+    async with WorkerSandbox(1, limits=SandboxLimits(nice=0, spares=0)) as sandbox:
+        assert await sandbox.evaluate("1", {}) == 1
+        (pid,) = sandbox.worker_pids
+        assert os.getpriority(os.PRIO_PROCESS, pid) == host
+    with pytest.raises(ValueError, match="nice"):
+        SandboxLimits(nice=20)

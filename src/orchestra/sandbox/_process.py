@@ -121,6 +121,7 @@ class WorkerProcess:
             _engine_dir(),
             str(limits.memory_bytes),
             str(limits.max_output_chars),
+            str(limits.nice),
         ]
         page_fd = _progress_fd()
         page = None

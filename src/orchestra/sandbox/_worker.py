@@ -195,7 +195,10 @@ def main(argv: list[str]) -> None:
     """Start the engine, harden it, and serve requests until stdin closes."""
     _die_with_parent()
     package_dir, memory_bytes, max_output = argv[1], int(argv[2]), int(argv[3])
-    page = int(argv[4]) if len(argv) > 4 else None
+    nice = int(argv[4])
+    page = int(argv[5]) if len(argv) > 5 else None
+    if nice:
+        os.nice(nice)  # lowering one's own priority needs no privilege
     progress = _progress(page)
     # Without a progress page the parent knows which request runs only if each reply is
     # written as soon as it is ready.
