@@ -18,7 +18,8 @@ from orchestra.errors import HttpError, StepTimeoutError
 from orchestra.executors import Executor, LocalExecutor
 from orchestra.http._auth import TokenCache, auth_headers
 from orchestra.http._client import EngineClient
-from orchestra.http._transport import FastTransport, fetch
+from orchestra.http._fetch import fetch
+from orchestra.http._transport import FastTransport
 from orchestra.model import HttpCall, OAuth2ClientCredentials
 from orchestra.sandbox._base import RawJSON
 
