@@ -36,10 +36,21 @@ also holds the wait for the event loop, which only adds)."""
 class Expected:
     """One HTTP call in flight: when it was sent, and the hint waiting for its answer."""
 
-    __slots__ = ("handle", "key", "sent")
+    __slots__ = ("handle", "key", "loop", "sent")
 
-    def __init__(self, key: tuple[str, str], sent: float, handle: asyncio.TimerHandle | None):
-        self.key, self.sent, self.handle = key, sent, handle
+    def __init__(
+        self,
+        key: tuple[str, str],
+        sent: float,
+        handle: asyncio.TimerHandle | None,
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> None:
+        self.key, self.sent, self.handle, self.loop = key, sent, handle, loop
+
+
+_BUSY = Expected(("", ""), 0.0, None, None)
+"""Sent while :data:`BUSY` calls were in flight: no hint, and its duration (queueing
+included) is not learned."""
 
 
 class Warmer:
@@ -63,6 +74,9 @@ class Warmer:
         """A call to ``url`` (its template) was sent: schedule the hint for its answer."""
         if self._warm is None:
             return None
+        if self._inflight >= BUSY:
+            self._inflight += 1
+            return _BUSY
         loop = asyncio_loop()
         if loop is None:
             return None
@@ -70,10 +84,10 @@ class Warmer:
         now = loop.time()
         typical = self._typical.get(key)
         handle = None
-        if typical is not None and typical >= SHORTEST and self._inflight < BUSY:
+        if typical is not None and typical >= SHORTEST:
             handle = loop.call_at(now + typical - LEAD, self._warm)
         self._inflight += 1
-        return Expected(key, now, handle)
+        return Expected(key, now, handle, loop)
 
     def answered(self, expected: Expected | None, *, ok: bool) -> None:
         """The call's answer is in (``ok``: a plain answer whose duration is typical)."""
@@ -82,10 +96,8 @@ class Warmer:
         self._inflight -= 1
         if expected.handle is not None:
             expected.handle.cancel()
-        if not ok:
-            return
-        loop = asyncio_loop()
-        if loop is None:
+        loop = expected.loop
+        if not ok or loop is None:
             return
         took = loop.time() - expected.sent
         typical = self._typical
