@@ -92,8 +92,8 @@ def _main() -> None:
 
 def _patch_wal() -> None:
     """Give every SQLite connection SQLAlchemy opens WAL and ``synchronous=NORMAL``."""
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
+    from sqlalchemy import event  # type: ignore[import-not-found, unused-ignore]
+    from sqlalchemy.engine import Engine  # type: ignore[import-not-found, unused-ignore]
 
     def pragmas(dbapi_conn: Any, _record: Any) -> None:
         if type(dbapi_conn).__module__.startswith("sqlite3"):
