@@ -4,8 +4,8 @@ A worker process that sat idle for a few milliseconds answers its next call seve
 times slower than a busy one: its CPU caches went cold meanwhile (measured on the
 benchmark machine: 0.13-0.15 ms of JavaScript instead of 0.01-0.02 after 5-20 ms of
 quiet). On a payload page that cost comes after every level of HTTP calls, when the
-answer is shaped. :class:`Warmer` learns how long each HTTP call usually takes and, a
-millisecond before its answer is due, calls :meth:`Sandbox.warm
+answer is shaped. :class:`Warmer` learns how long each HTTP call usually takes and,
+shortly (:data:`LEAD`) before its answer is due, calls :meth:`Sandbox.warm
 <orchestra.sandbox.Sandbox.warm>`, which lets a worker sandbox run a no-op call then.
 It is a hint only: an answer that comes early cancels it, and nothing else changes.
 """

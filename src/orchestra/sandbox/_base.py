@@ -261,7 +261,7 @@ class Sandbox(abc.ABC):
         """
 
     def warm(self) -> None:  # noqa: B027 - optional hook
-        """A hint: a call is expected within about a millisecond; get ready for it.
+        """A hint: a call is expected within a few milliseconds; get ready for it.
 
         The engine calls it just before an HTTP answer is due (from how long the same
         call took before), when JavaScript will shape the answer. A sandbox that is slow

@@ -2,7 +2,7 @@
 
 Run by :class:`~orchestra.sandbox.WorkerSandbox` as::
 
-    python -I -S _worker.py PYTHONMONKEY_DIR MEMORY_BYTES MAX_OUTPUT_CHARS [PROGRESS_FD]
+    python -I -S _worker.py PYTHONMONKEY_DIR MEMORY_BYTES MAX_OUTPUT_CHARS NICE [PROGRESS_FD]
 
 It imports nothing but the standard library and PythonMonkey's extension module itself
 (loaded by path, so none of PythonMonkey's Python layer, ``require``, timers or
@@ -11,7 +11,8 @@ XMLHttpRequest is ever defined). It applies resource limits, hardens the engine
 order: ``<resident memory in KiB> <reply JSON>``. Replies are written together once every
 request read so far is answered, or when the oldest unsent one is 0.5 ms old.
 Fragments cannot reach anything but plain ECMAScript; the parent enforces deadlines by
-killing this process. ``PROGRESS_FD`` is the progress page shared with the parent
+killing this process. ``NICE`` is added to the process's nice value first (see
+``SandboxLimits.nice``). ``PROGRESS_FD`` is the progress page shared with the parent
 (``_process.py``): requests started, finished, and the clock when the last one started,
 so that the parent knows which request runs although replies wait to be written.
 """
