@@ -596,3 +596,15 @@ async def test_workers_run_at_a_lower_cpu_priority_than_the_host() -> None:
         assert os.getpriority(os.PRIO_PROCESS, pid) == host
     with pytest.raises(ValueError, match="nice"):
         SandboxLimits(nice=20)
+
+
+async def test_a_call_right_after_warm_keeps_its_own_deadline() -> None:
+    async with WorkerSandbox(1, limits=SandboxLimits(spares=1)) as sandbox:
+        assert await sandbox.evaluate("1", {}) == 1
+        sandbox.warm()  # the no-op call is in flight or answered when the next call comes
+        started = time.monotonic()
+        with pytest.raises(StepTimeoutError, match="deadline of 0.2 s"):
+            await sandbox.evaluate("while (true) {}", {}, timeout=0.2)
+        assert time.monotonic() - started < 1.5
+        await _settled(sandbox)
+        assert await sandbox.evaluate("[2]", {}) == [2]

@@ -40,6 +40,8 @@ class SandboxLimits:
             and fragments wait; on an idle machine it changes nothing. With the default,
             payload throughput at 50 concurrent requests on 2 cores rose 4-7 % (the
             workers no longer preempt the event loop), single-request latency unchanged.
+            Deadlines are wall-clock: on a saturated machine a fragment gets less CPU
+            per second than the host, so size ``timeout`` for that, or set 0.
 
     """
 
